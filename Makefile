@@ -1,0 +1,53 @@
+# Two entry points a newcomer needs: `make run` (main job, built-in world) and `make test`.
+# Both build their own virtual environment first (uv when available; torch from the local CPU wheel).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-2.13.0*cp311*.whl))
+CONFIG  ?= configs/default.yaml
+OUT     ?= runs/default
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false
+export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+# git (used by mlflow) must not complain in a fresh clone
+export GIT_PYTHON_REFRESH=quiet
+
+.PHONY: setup run test test-slow bench lint clean redis
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip uv
+ifneq ($(TORCH_WHEEL),)
+	$(BIN)/uv pip install --python $(BIN)/python -q $(TORCH_WHEEL)
+endif
+	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[dev,bench]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/ltr run --config $(CONFIG) --out $(OUT)
+
+test: setup redis
+	$(BIN)/python -m pytest -q
+
+test-slow: setup redis
+	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[llm]'
+	$(BIN)/python -m pytest -q -m slow
+
+bench: setup redis
+	$(BIN)/python -m bench.run_all --out bench/results
+
+lint: setup
+	$(BIN)/ruff check labels features ltr tests bench
+
+# Redis for the online-store tests: Debian's redis-server, started by the tests themselves on loopback.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || \
+	    echo "redis-server not available: Redis tests will be skipped"; }
+
+clean:
+	rm -rf $(VENV) runs bench/results

@@ -1,0 +1,1 @@
+"""Features: cross-encoder, bi-encoder, lexical, engagement and product features; Feast glue."""

@@ -1,0 +1,1 @@
+"""LLM labeler: prompts, backends, cache, cascade, polarization, calibration."""

@@ -1,0 +1,149 @@
+"""Datasets as directories: every stage reads and writes the same layout.
+
+    DIR/products.parquet      required
+    DIR/judgments.parquet     required (query, product_id, grade 0..3): human judgments
+    DIR/queries.parquet       optional (derived from judgments/candidates when absent)
+    DIR/candidates.parquet    optional (derived from judgments when absent)
+    DIR/impressions.parquet   optional engagement log
+    DIR/truth.parquet         optional ground truth, evaluation only
+    DIR/metadata.json         optional provenance (source, seed, simulated_engagement, ...)
+
+Writes go through a temp file + rename so a crash never leaves a half-written table.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schemas import (CANDIDATES, IMPRESSIONS, JUDGMENTS, PRODUCTS, QUERIES, SCHEMAS, TRUTH, SchemaError,
+                      TableSchema, query_id)
+
+REQUIRED_TABLES = ("products", "judgments")
+OPTIONAL_TABLES = ("queries", "candidates", "impressions", "truth")
+
+
+class DatasetError(ValueError):
+    """A dataset directory is missing or malformed. The message names the file and the fix."""
+
+
+def _atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    # Drop pandas metadata so files are byte-identical for identical content.
+    table = table.replace_schema_metadata(None)
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def write_table(df: pd.DataFrame, path: str | Path, schema: TableSchema | str) -> pd.DataFrame:
+    """Validate `df` against `schema` and write it as parquet atomically; returns the validated frame."""
+    schema = SCHEMAS[schema] if isinstance(schema, str) else schema
+    path = Path(path)
+    valid = schema.validate(df, where=f"writing {path.name}")
+    _atomic_write_parquet(valid, path)
+    return valid
+
+
+def read_table(path: str | Path, schema: TableSchema | str) -> pd.DataFrame:
+    """Read a parquet table and validate it on the way in."""
+    schema = SCHEMAS[schema] if isinstance(schema, str) else schema
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: file not found. Fix: check the path, or create it with `ltr world`.")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pragma: no cover - pyarrow error types vary
+        raise DatasetError(f"{path}: not a readable parquet file ({e}).") from e
+    return schema.validate(df, where=f"reading {path}")
+
+
+def with_query_ids(judgments: pd.DataFrame) -> pd.DataFrame:
+    if "query_id" not in judgments.columns:
+        judgments = judgments.assign(query_id=[query_id(q) for q in judgments["query"]])
+    return judgments
+
+
+@dataclass
+class Dataset:
+    """A loaded dataset directory. `truth` is deliberately not loaded here: see `load_truth`."""
+
+    root: Path
+    products: pd.DataFrame
+    judgments: pd.DataFrame
+    queries: pd.DataFrame
+    candidates: pd.DataFrame
+    impressions: pd.DataFrame | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, root: str | Path) -> "Dataset":
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"dataset directory {root} does not exist. Fix: pass --dataset DIR holding "
+                               "products.parquet and judgments.parquet (e.g. create one with `ltr world --out DIR`).")
+        for t in REQUIRED_TABLES:
+            if not (root / f"{t}.parquet").exists():
+                raise DatasetError(f"{root}: missing {t}.parquet. Fix: a dataset directory needs "
+                                   f"{' and '.join(x + '.parquet' for x in REQUIRED_TABLES)}.")
+        products = read_table(root / "products.parquet", PRODUCTS)
+        judgments = with_query_ids(read_table(root / "judgments.parquet", JUDGMENTS))
+        queries = (read_table(root / "queries.parquet", QUERIES) if (root / "queries.parquet").exists()
+                   else derive_queries(judgments))
+        candidates = (read_table(root / "candidates.parquet", CANDIDATES)
+                      if (root / "candidates.parquet").exists()
+                      else CANDIDATES.validate(judgments[["query_id", "product_id"]].drop_duplicates()))
+        impressions = (read_table(root / "impressions.parquet", IMPRESSIONS)
+                       if (root / "impressions.parquet").exists() else None)
+        meta = json.loads((root / "metadata.json").read_text()) if (root / "metadata.json").exists() else {}
+        unknown = set(candidates["product_id"]) - set(products["product_id"])
+        if unknown:
+            raise DatasetError(f"{root}: candidates.parquet names {len(unknown)} product_id(s) not in "
+                               f"products.parquet, e.g. {sorted(unknown)[:3]}. Fix: add those products.")
+        return cls(root, products, judgments, queries, candidates, impressions, meta)
+
+    def load_truth(self) -> pd.DataFrame | None:
+        """Ground truth for *evaluation only*; no training path may call this."""
+        p = self.root / "truth.parquet"
+        return read_table(p, TRUTH) if p.exists() else None
+
+    @property
+    def has_engagement(self) -> bool:
+        return self.impressions is not None and len(self.impressions) > 0
+
+    @property
+    def engagement_simulated(self) -> bool:
+        return bool(self.metadata.get("simulated_engagement", False))
+
+
+def derive_queries(judgments: pd.DataFrame) -> pd.DataFrame:
+    j = with_query_ids(judgments)
+    q = j[["query_id", "query"]].drop_duplicates("query_id").sort_values("query_id")
+    return QUERIES.validate(q)
+
+
+def write_metadata(root: str | Path, meta: dict[str, Any]) -> None:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / "metadata.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, root / "metadata.json")
+
+
+def update_metadata(root: str | Path, **kv: Any) -> dict[str, Any]:
+    root = Path(root)
+    meta = json.loads((root / "metadata.json").read_text()) if (root / "metadata.json").exists() else {}
+    meta.update(kv)
+    write_metadata(root, meta)
+    return meta
+
+
+__all__ = ["Dataset", "DatasetError", "SchemaError", "read_table", "write_table", "write_metadata",
+           "update_metadata", "derive_queries", "with_query_ids"]
