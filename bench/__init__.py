@@ -1,0 +1,1 @@
+"""Benchmarks: each module writes JSON (`python -m bench.<name> --out DIR`)."""

@@ -1,0 +1,227 @@
+"""Lexical features of (query, product) pairs: BM25 per field, term coverage, attribute matches.
+
+These are the cheap, explainable signals a cross-encoder should add to rather than replace: BM25 of
+the query against title / bullets / description (bm25s, IDF over the catalog), the share of query
+terms a product mentions, and exact/partial matches of brand, color, product type (last category
+segment) and numbers with units ("32 oz", "10 inch"). A value is NaN when it is undefined (no brand
+on the product, no number in the query), never a made-up 0.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterable
+
+import bm25s
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ltr.data.schemas import normalize_query
+
+LEXICAL_FEATURES = (
+    "lex_bm25_title", "lex_bm25_bullets", "lex_bm25_desc",
+    "lex_cov_title", "lex_cov_all", "lex_query_len",
+    "lex_brand_exact", "lex_brand_partial", "lex_color_exact", "lex_color_partial",
+    "lex_type_exact", "lex_type_partial", "lex_num_match", "lex_num_conflict",
+)
+
+STOPWORDS = frozenset("""a an and are as at be by for from has have in is it its of on or that the this to
+was were will with without w/ per your you our my me i""".split())
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
+_SPLIT_NUM_UNIT = re.compile(r"(?<=\d)(?=[a-z])|(?<=[a-z])(?=\d)")
+
+# unit spellings -> canonical unit; order matters only for readability
+_UNITS = {
+    "oz": "oz", "ounce": "oz", "ounces": "oz", "fl": "oz",
+    "lb": "lb", "lbs": "lb", "pound": "lb", "pounds": "lb",
+    "in": "inch", "inch": "inch", "inches": "inch", '"': "inch",
+    "ft": "ft", "foot": "ft", "feet": "ft",
+    "cm": "cm", "mm": "mm", "m": "m", "meter": "m", "meters": "m",
+    "ml": "ml", "l": "l", "liter": "l", "liters": "l", "litre": "l", "qt": "qt", "quart": "qt",
+    "gal": "gal", "gallon": "gal", "gallons": "gal",
+    "g": "g", "gram": "g", "grams": "g", "kg": "kg",
+    "gb": "gb", "tb": "tb", "mb": "mb",
+    "w": "w", "watt": "w", "watts": "w", "v": "v", "volt": "v", "volts": "v", "mah": "mah",
+    "pack": "pack", "pk": "pack", "count": "pack", "ct": "pack", "pcs": "pack", "pieces": "pack",
+    "piece": "pack",
+    "hz": "hz", "k": "k", "mp": "mp", "qt.": "qt",
+}
+_NUM_UNIT = re.compile(r"(\d+(?:\.\d+)?)\s*(\"|[a-z]+\.?)?")
+
+
+def tokenize(text: object) -> list[str]:
+    """Lower-case word/number tokens; "32oz" -> ["32", "oz"] so numbers and units match either way."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return []
+    s = normalize_query(str(text))
+    s = _SPLIT_NUM_UNIT.sub(" ", s)
+    return _TOKEN.findall(s)
+
+
+def content_terms(tokens: Iterable[str]) -> list[str]:
+    return [t for t in tokens if t not in STOPWORDS]
+
+
+def _stem(t: str) -> str:
+    """A deliberately tiny plural folding (shoes -> shoe, boxes -> box) so 'headphones' meets 'headphone'."""
+    if len(t) > 4 and t.endswith("ies"):
+        return t[:-3] + "y"
+    if len(t) > 4 and t.endswith(("xes", "ches", "shes", "sses")):
+        return t[:-2]
+    if len(t) > 3 and t.endswith("s") and not t.endswith("ss"):
+        return t[:-1]
+    return t
+
+
+def number_units(text: object) -> set[tuple[float, str]]:
+    """Numbers followed by a known unit: "32 oz", "32oz", '10"', "10-inch" -> {(32.0, "oz"), (10.0, "inch")}."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return set()
+    s = unicode_lower(str(text)).replace("-", " ")
+    out = set()
+    for num, unit in _NUM_UNIT.findall(s):
+        if not unit:
+            continue
+        canon = _UNITS.get(unit.rstrip(".")) if unit != '"' else "inch"
+        if canon is None:
+            continue
+        try:
+            out.add((float(num), canon))
+        except ValueError:  # pragma: no cover - regex guarantees a number
+            continue
+    return out
+
+
+def unicode_lower(s: str) -> str:
+    return normalize_query(s)
+
+
+def _phrase_in(phrase: list[str], tokens: list[str]) -> bool:
+    n = len(phrase)
+    if n == 0:
+        return False
+    return any(tokens[i:i + n] == phrase for i in range(len(tokens) - n + 1))
+
+
+def attribute_match(query_tokens: list[str], value: object) -> tuple[float, float]:
+    """(exact, partial) match of an attribute value (brand, color, type) in the query.
+
+    exact: the whole value appears as a phrase in the query (plural-folded); partial: the share of the
+    value's tokens that appear in the query. (NaN, NaN) when the product has no value.
+    """
+    vt = [_stem(t) for t in tokenize(value)]
+    if not vt:
+        return float("nan"), float("nan")
+    qt = [_stem(t) for t in query_tokens]
+    exact = 1.0 if _phrase_in(vt, qt) else 0.0
+    qs = set(qt)
+    partial = sum(1 for t in vt if t in qs) / len(vt)
+    return exact, partial
+
+
+def product_type(category: object) -> str | None:
+    """The product type is the last segment of the ' > '-joined category path."""
+    if category is None or (isinstance(category, float) and math.isnan(category)):
+        return None
+    parts = [p.strip() for p in str(category).split(">") if p.strip()]
+    return parts[-1] if parts else None
+
+
+def _coverage(q_terms: list[str], doc_terms: set[str]) -> float:
+    if not q_terms:
+        return float("nan")
+    return sum(1 for t in q_terms if _stem(t) in doc_terms) / len(q_terms)
+
+
+def _num_features(q_nu: set[tuple[float, str]], p_nu: set[tuple[float, str]]) -> tuple[float, float]:
+    """(match, conflict): share of the query's number+unit mentions the product states; and 1 when the
+    product states the same unit only with other numbers (a 32 oz query vs a 16 oz bottle)."""
+    if not q_nu:
+        return float("nan"), float("nan")
+    match = sum(1 for x in q_nu if x in p_nu) / len(q_nu)
+    p_units = {u for _, u in p_nu}
+    conflict = 1.0 if any(x not in p_nu and x[1] in p_units for x in q_nu) else 0.0
+    return match, conflict
+
+
+class _FieldIndex:
+    """BM25 over one product text field, indexed once for the whole catalog."""
+
+    def __init__(self, texts: list[object]):
+        toks = [content_terms(tokenize(t)) for t in texts]
+        self.empty = np.array([len(t) == 0 for t in toks])
+        self.bm25 = bm25s.BM25()
+        self.bm25.index([t if t else [""] for t in toks], show_progress=False)
+        self.vocab = set(self.bm25.vocab_dict) if hasattr(self.bm25, "vocab_dict") else None
+
+    def scores(self, q_terms: list[str]) -> np.ndarray:
+        terms = [t for t in q_terms if self.vocab is None or t in self.vocab]
+        if not terms:
+            return np.zeros(len(self.empty), dtype=np.float64)
+        return np.asarray(self.bm25.get_scores(terms), dtype=np.float64)
+
+
+def lexical_features(pairs: pd.DataFrame, queries: pd.DataFrame, products: pd.DataFrame,
+                     progress: bool = True) -> pd.DataFrame:
+    """Lexical features for each (query_id, product_id) pair.
+
+    pairs: query_id, product_id; queries: query_id, query; products: the PRODUCTS table.
+    Returns query_id, product_id and LEXICAL_FEATURES (float64), one row per input pair, same order.
+    """
+    for name, df, cols in (("pairs", pairs, ("query_id", "product_id")), ("queries", queries, ("query_id", "query")),
+                           ("products", products, ("product_id", "title"))):
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise ValueError(f"lexical_features: {name} lacks column(s) {missing}. Fix: pass a {name} table "
+                             f"with columns {list(cols)}.")
+    qtext = dict(zip(queries["query_id"], queries["query"]))
+    unknown_q = set(pairs["query_id"]) - set(qtext)
+    if unknown_q:
+        raise ValueError(f"lexical_features: {len(unknown_q)} query_id(s) in pairs are not in queries, e.g. "
+                         f"{sorted(unknown_q)[:3]}. Fix: pass the queries table covering every pair.")
+    prods = products.drop_duplicates("product_id").reset_index(drop=True)
+    pidx = pd.Series(np.arange(len(prods)), index=prods["product_id"])
+    unknown_p = set(pairs["product_id"]) - set(pidx.index)
+    if unknown_p:
+        raise ValueError(f"lexical_features: {len(unknown_p)} product_id(s) in pairs are not in products, e.g. "
+                         f"{sorted(unknown_p)[:3]}. Fix: pass the products table covering every pair.")
+
+    def col(name: str) -> list[object]:
+        return list(prods[name]) if name in prods.columns else [None] * len(prods)
+
+    titles, bullets, descs = col("title"), col("bullet_points"), col("description")
+    brands, colors, cats = col("brand"), col("color"), col("category")
+    idx = {"title": _FieldIndex(titles), "bullets": _FieldIndex(bullets), "desc": _FieldIndex(descs)}
+    p_title_terms = [{_stem(t) for t in tokenize(x)} for x in titles]
+    p_all_terms = [{_stem(t) for t in tokenize(" ".join(str(v) for v in vals if isinstance(v, str)))}
+                   for vals in zip(titles, bullets, descs, brands, colors, cats)]
+    p_nu = [number_units(t) | number_units(b) for t, b in zip(titles, bullets)]
+    p_type = [product_type(c) for c in cats]
+
+    out = np.full((len(pairs), len(LEXICAL_FEATURES)), np.nan)
+    pos = pidx.loc[pairs["product_id"]].to_numpy()
+    groups = pd.Series(np.arange(len(pairs))).groupby(pairs["query_id"].to_numpy())
+    for qid, rows in tqdm(groups, total=groups.ngroups, desc="lexical", disable=not progress, leave=False):
+        rows = rows.to_numpy()
+        q_tokens = tokenize(qtext[qid])
+        q_terms = content_terms(q_tokens)
+        q_nu = number_units(qtext[qid])
+        docs = pos[rows]
+        bm = {k: v.scores(q_terms)[docs] for k, v in idx.items()}
+        for j, (r, d) in enumerate(zip(rows, docs)):
+            be, bp = attribute_match(q_tokens, brands[d])
+            ce, cp = attribute_match(q_tokens, colors[d])
+            te, tp = attribute_match(q_tokens, p_type[d])
+            nm, nc = _num_features(q_nu, p_nu[d])
+            out[r] = (
+                bm["title"][j], np.nan if idx["bullets"].empty[d] else bm["bullets"][j],
+                np.nan if idx["desc"].empty[d] else bm["desc"][j],
+                _coverage(q_terms, p_title_terms[d]), _coverage(q_terms, p_all_terms[d]), float(len(q_terms)),
+                be, bp, ce, cp, te, tp, nm, nc,
+            )
+    res = pd.DataFrame(out, columns=list(LEXICAL_FEATURES))
+    res.insert(0, "product_id", pairs["product_id"].to_numpy())
+    res.insert(0, "query_id", pairs["query_id"].to_numpy())
+    return res

@@ -1,0 +1,109 @@
+"""SQLite label cache: one row committed per graded pair, the moment it returns.
+
+Key = (backend, model, prompt_version, query, product-text hash). A killed run resumes from here and
+never pays twice for a stored pair; a changed product text or prompt version is a different key.
+WAL mode so a reader (a progress report, a second process) never blocks the writer, and a crash
+mid-write leaves the last committed row intact.
+"""
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterable
+
+from ltr.data.schemas import normalize_query
+
+from .backends.base import LabelResult, Pair
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS labels (
+    key TEXT PRIMARY KEY,
+    backend TEXT NOT NULL, model TEXT NOT NULL, prompt_version TEXT NOT NULL,
+    query TEXT NOT NULL, text_hash TEXT NOT NULL,
+    query_id TEXT NOT NULL, product_id TEXT NOT NULL,
+    p0 REAL NOT NULL, p1 REAL NOT NULL, p2 REAL NOT NULL, p3 REAL NOT NULL,
+    hard_grade INTEGER,
+    tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, cost REAL NOT NULL,
+    created_at REAL NOT NULL
+)"""
+
+
+def cache_key(backend: str, model: str, prompt_version: str, query: str, text_hash: str) -> str:
+    raw = "\x1f".join((backend, model, prompt_version, normalize_query(query), text_hash))
+    return hashlib.sha1(raw.encode("utf-8")).hexdigest()
+
+
+class LabelCache:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+            self._db.commit()
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"label cache {self.path} is not a usable SQLite database ({e}). Fix: point "
+                             "cache_path at a new file, or delete this one to re-grade.") from e
+
+    def key(self, backend: str, model: str, prompt_version: str, pair: Pair) -> str:
+        return cache_key(backend, model, prompt_version, pair.query, pair.text_hash)
+
+    def get_many(self, backend: str, model: str, prompt_version: str, pairs: Iterable[Pair]
+                 ) -> dict[str, LabelResult]:
+        """Cached results by cache key, re-addressed to each pair's own query_id/product_id."""
+        by_key: dict[str, list[Pair]] = {}
+        for p in pairs:
+            by_key.setdefault(self.key(backend, model, prompt_version, p), []).append(p)
+        out: dict[str, LabelResult] = {}
+        keys = list(by_key)
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                q = f"SELECT key, p0, p1, p2, p3, hard_grade, tokens_in, tokens_out, cost FROM labels " \
+                    f"WHERE key IN ({','.join('?' * len(chunk))})"
+                for k, p0, p1, p2, p3, hg, ti, to, c in self._db.execute(q, chunk):
+                    pr = by_key[k][0]
+                    out[k] = LabelResult(pr.query_id, pr.product_id, (p0, p1, p2, p3), backend, model,
+                                         prompt_version, ti, to, c, hg)
+        return out
+
+    def put(self, pair: Pair, r: LabelResult) -> None:
+        """Commit one graded pair now (INSERT OR IGNORE: the first stored grade wins)."""
+        k = self.key(r.backend, r.model, r.prompt_version, pair)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO labels VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (k, r.backend, r.model, r.prompt_version, normalize_query(pair.query), pair.text_hash,
+                 pair.query_id, pair.product_id, *r.probs, r.hard_grade, r.tokens_in, r.tokens_out, r.cost,
+                 time.time()))
+            self._db.commit()
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM labels").fetchone()[0])
+
+    def created_at(self, keys: Iterable[str]) -> dict[str, float]:
+        keys = list(keys)
+        out: dict[str, float] = {}
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                q = f"SELECT key, created_at FROM labels WHERE key IN ({','.join('?' * len(chunk))})"
+                out.update(dict(self._db.execute(q, chunk).fetchall()))
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "LabelCache":
+        return self
+
+    def __exit__(self, *a) -> None:
+        self.close()

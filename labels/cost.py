@@ -1,0 +1,76 @@
+"""Token and dollar accounting with a hard budget that is never exceeded.
+
+Before a request is sent, its worst-case cost (estimated prompt tokens + max output tokens) is
+*reserved*; the request only goes out if spent + reserved stays within `max_dollars`. When it returns,
+the reservation is replaced by the real cost from the response's `usage`. So the run stops cleanly
+before the budget is crossed, even with many requests in flight.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+# USD per 1M tokens (input, output). Override or extend via LabelConfig.prices.
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-5-mini": (0.25, 2.00),
+    "gpt-5-nano": (0.05, 0.40),
+}
+
+
+def price_for(model: str, prices: dict[str, tuple[float, float]] | None = None) -> tuple[float, float]:
+    """Price per 1M tokens; an unknown model is free (local servers) - configure `prices` to bill it."""
+    table = {**PRICES, **(prices or {})}
+    if model in table:
+        return tuple(table[model])  # type: ignore[return-value]
+    for name in sorted(table, key=len, reverse=True):  # dated variants: gpt-4o-mini-2024-07-18
+        if model.startswith(name + "-"):
+            return tuple(table[name])  # type: ignore[return-value]
+    return (0.0, 0.0)
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough upper-leaning token estimate (~3.5 chars per token) for budget reservations."""
+    return int(len(text) / 3.5) + 8
+
+
+@dataclass
+class CostMeter:
+    max_dollars: float | None = None
+    spent: float = 0.0
+    reserved: float = 0.0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    requests: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def reserve(self, dollars: float) -> bool:
+        """Reserve a worst-case cost; False (nothing reserved) if it could cross the budget."""
+        with self._lock:
+            if self.max_dollars is not None and self.spent + self.reserved + dollars > self.max_dollars + 1e-12:
+                return False
+            self.reserved += dollars
+            return True
+
+    def settle(self, reserved: float, dollars: float, tokens_in: int, tokens_out: int) -> None:
+        with self._lock:
+            self.reserved = max(0.0, self.reserved - reserved)
+            self.spent += dollars
+            self.tokens_in += tokens_in
+            self.tokens_out += tokens_out
+            self.requests += 1
+
+    def release(self, reserved: float) -> None:
+        with self._lock:
+            self.reserved = max(0.0, self.reserved - reserved)
+
+    def summary(self) -> dict:
+        return {"dollars": round(self.spent, 6), "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "requests": self.requests, "max_dollars": self.max_dollars}
+
+    def postfix(self) -> str:
+        return f"${self.spent:.4f} tok {self.tokens_in}/{self.tokens_out}"

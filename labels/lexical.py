@@ -1,0 +1,71 @@
+"""Cheap lexical and attribute match signals between a query and a product.
+
+They complement the encoder where it is weakest on product search: exact brand, colour, numbers and
+units, and whether every query word is present (the difference between Exact and Substitute).
+`labels/` must not import `features/`, so this small, self-contained set lives here.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+_NUM = re.compile(r"\d+(?:\.\d+)?")
+_STOP = {"for", "and", "the", "with", "a", "an", "of", "in", "to", "on", "without", "by", "&"}
+
+LEXICAL_FEATURES = ("q_in_title", "q_in_text", "q_partial_text", "brand_in_query", "has_brand",
+                    "color_in_query", "num_match", "has_num", "q_len", "title_len", "bigram_title",
+                    "q_in_category")
+
+
+def _s(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return str(v).lower()
+
+
+def _stem(t: str) -> str:
+    if len(t) > 3 and t.endswith("es") and not t.endswith("ses"):
+        return t[:-2]
+    if len(t) > 3 and t.endswith("s") and not t.endswith("ss"):
+        return t[:-1]
+    return t
+
+
+def tokens(text: str) -> list[str]:
+    return [_stem(t) for t in _TOKEN.findall(text.lower()) if t not in _STOP]
+
+
+def _frac(q: Sequence[str], bag: set[str]) -> float:
+    return sum(t in bag for t in q) / len(q) if q else 0.0
+
+
+def pair_features(query: str, product: Mapping[str, Any]) -> list[float]:
+    q = tokens(query)
+    title = tokens(_s(product.get("title")))
+    text_all = " ".join(_s(product.get(k)) for k in ("title", "brand", "color", "category", "bullet_points"))
+    text = tokens(text_all)
+    tset, xset = set(title), set(text)
+    partial = sum(any((len(t) >= 4 and (w.startswith(t) or t.startswith(w) and len(w) >= 4)) for w in xset)
+                  or t in xset for t in q) / len(q) if q else 0.0
+    brand = tokens(_s(product.get("brand")))
+    qset = set(q)
+    brand_in_q = float(bool(brand) and all(b in qset for b in brand))
+    color = tokens(_s(product.get("color")))
+    color_in_q = float(bool(color) and any(c in qset for c in color))
+    qnums = _NUM.findall(query.lower())
+    tnums = set(_NUM.findall(text_all))
+    num_match = sum(n in tnums for n in qnums) / len(qnums) if qnums else 0.0
+    qb = set(zip(q, q[1:]))
+    bigram = len(qb & set(zip(title, title[1:]))) / len(qb) if qb else 0.0
+    cat = set(tokens(_s(product.get("category"))))
+    return [_frac(q, tset), _frac(q, xset), partial, brand_in_q, float(bool(brand)), color_in_q, num_match,
+            float(bool(qnums)), math.log1p(len(q)), math.log1p(len(title)), bigram, _frac(q, cat)]
+
+
+def lexical_matrix(queries: Sequence[str], products: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    return np.asarray([pair_features(q, p) for q, p in zip(queries, products)], dtype=np.float32).reshape(
+        len(queries), len(LEXICAL_FEATURES))

@@ -1,0 +1,53 @@
+"""The run config: one validated YAML file drives every stage (`ltr run --config ...`).
+
+Each package owns its section's model (labels.config, features.config, ltr.train_config, ...); this
+module only composes them, so the CLI and notebooks share one schema.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.config import FeaturesConfig
+from features.crossencoder import CrossEncoderConfig
+from labels.config import LabelConfig
+from ltr.data.world import WorldConfig
+from ltr.train_config import ExperimentConfig, TrainConfig, TuneConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(Strict):
+    source: Literal["world", "dir", "esci"] = "world"
+    path: Optional[Path] = Field(None, description="dataset dir (source=dir) or ESCI folder (source=esci)")
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    simulate_engagement: bool = Field(True, description="simulate logs for a catalog that has none")
+
+
+class TrackingConfig(Strict):
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    experiment: str = "ltr"
+    model_name: str = "ltr-ranker"
+    enabled: bool = True
+
+
+class EvaluateConfig(Strict):
+    esci_dir: Optional[Path] = Field(None, description="judged dataset to evaluate the champion on; "
+                                     "default: ../shared/data/esci when present")
+
+
+class RunConfig(Strict):
+    seed: int = 7
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    labels: LabelConfig = Field(default_factory=LabelConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    cross_encoder: CrossEncoderConfig = Field(default_factory=CrossEncoderConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    experiments: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
