@@ -21,7 +21,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from feast import ConflictPolicy, Entity, FeatureService, FeatureView, Field, FileSource, LabelView
+from feast import (
+    ConflictPolicy,
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    FileSource,
+    LabelView,
+)
 from feast.types import Float64, String
 from feast.value_type import ValueType
 

@@ -107,3 +107,39 @@ class LabelCache:
 
     def __exit__(self, *a) -> None:
         self.close()
+
+
+def grade_with_cache(backend, pairs: list[Pair], cache: LabelCache | None, on_new=None
+                     ) -> tuple[list[LabelResult | None], int, int]:
+    """Grade `pairs` through `backend`, serving stored grades from `cache` and committing each new grade
+    the moment it returns. Returns (results aligned with pairs, None where not graded, n_cached, n_new).
+    Identical content (same query text and product text) is graded once and shared."""
+    results: list[LabelResult | None] = [None] * len(pairs)
+    keyf = (lambda p: cache.key(backend.name, backend.model, backend.prompt_version, p)) if cache else \
+        (lambda p: cache_key(backend.name, backend.model, backend.prompt_version, p.query, p.text_hash))
+    keys = [keyf(p) for p in pairs]
+    hit = cache.get_many(backend.name, backend.model, backend.prompt_version, pairs) if cache else {}
+    todo: dict[str, Pair] = {}
+    for k, p in zip(keys, pairs):
+        if k not in hit and k not in todo:
+            todo[k] = p
+    fresh: dict[str, LabelResult] = {}
+
+    def commit(pair: Pair, r: LabelResult) -> None:
+        if cache is not None:
+            cache.put(pair, r)
+        fresh[keyf(pair)] = r
+        if on_new:
+            on_new(pair, r)
+
+    try:
+        if todo:
+            backend.grade(list(todo.values()), on_result=commit)
+    finally:
+        for i, (k, p) in enumerate(zip(keys, pairs)):
+            r = hit.get(k) or fresh.get(k)
+            if r is not None:
+                results[i] = LabelResult(p.query_id, p.product_id, r.probs, r.backend, r.model, r.prompt_version,
+                                         r.tokens_in, r.tokens_out, r.cost, r.hard_grade)
+    n_cached = sum(1 for k in keys if k in hit)
+    return results, n_cached, len(fresh)

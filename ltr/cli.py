@@ -102,6 +102,143 @@ def simulate_engagement_cmd(dataset: Path = typer.Option(..., "--dataset", help=
     _echo_json(simulate_engagement(dataset, seed=seed, days=days))
 
 
+# --- labels ----------------------------------------------------------------------------------------
+
+@label_app.callback()
+@_guard
+def label(ctx: typer.Context,
+          dataset: Optional[Path] = typer.Option(None, "--dataset", help="Dataset directory to grade."),
+          out: Optional[Path] = typer.Option(None, "--out", help="labels parquet to write."),
+          config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt,
+          backend: Optional[str] = typer.Option(None, help="grader | openai | causal_lm | cascade | imported"),
+          max_dollars: Optional[float] = typer.Option(None, "--max-dollars", help="Stop before spending more.")) -> None:
+    """Grade every candidate pair of a dataset (cached, resumable, cost-accounted); write the labels table."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if dataset is None or out is None:
+        _fail("`ltr label` needs --dataset DIR and --out FILE.parquet (or a subcommand: `ltr label calibrate`).")
+    from labels.run import label_pairs
+    cfg = _config(config, seed, **{"labels.backend": backend, "labels.max_dollars": max_dollars})
+    _echo_json(label_pairs(dataset, out, cfg.labels))
+
+
+@label_app.command("calibrate")
+@_guard
+def label_calibrate(labels_path: Path = typer.Option(..., "--labels", help="labels parquet (ltr label --out)."),
+                    dataset: Path = typer.Option(..., "--dataset", help="Dataset with human judgments."),
+                    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the JSON + markdown report.")) -> None:
+    """Agreement of LLM labels with human judgments: accuracy, quadratic kappa, Spearman, confusion matrix."""
+    import pandas as pd
+
+    from labels.calibration import calibrate
+    from ltr.data import Dataset
+    ds = Dataset.load(dataset)
+    rep = calibrate(pd.read_parquet(labels_path), ds.judgments, out_dir=out or labels_path.parent,
+                    name=labels_path.stem + ".calibration")
+    typer.echo(rep.get("markdown", ""))
+    _echo_json({k: rep[k] for k in ("n_pairs", "accuracy", "kappa_quadratic", "spearman") if k in rep})
+
+
+# --- features --------------------------------------------------------------------------------------
+
+@features_app.command("build")
+@_guard
+def features_build(dataset: Path = typer.Option(..., "--dataset"),
+                   out: Path = typer.Option(..., "--out", help="Features directory (parquet sources + Feast repo)."),
+                   labels_path: Optional[Path] = typer.Option(None, "--labels", help="LLM labels parquet to publish."),
+                   ce_model: Optional[Path] = typer.Option(None, "--ce-model", help="Cross-encoder dir for ce_score."),
+                   config: Optional[Path] = ConfigOpt) -> None:
+    """Compute lexical, product, engagement, content (bi-/cross-encoder) and label tables."""
+    from features.biencoder import score_pairs as bienc
+    from features.build import build_features
+    from ltr.data import Dataset
+    cfg = _config(config)
+    ds = Dataset.load(dataset)
+    content = bienc(ds.candidates, ds.products, ds.queries, progress=True)
+    if ce_model is not None:
+        from features.crossencoder import CrossEncoderScorer, score_pairs
+        ce = score_pairs(ds.candidates, ds.products, ds.queries, CrossEncoderScorer(ce_model), progress=True)
+        content = content.merge(ce, on=["query_id", "product_id"])
+    _echo_json(build_features(dataset, out, cfg.features, ce_scores=content, labels=labels_path))
+
+
+@features_app.command("apply")
+@_guard
+def features_apply(features_dir: Path = typer.Option(..., "--features"), config: Optional[Path] = ConfigOpt) -> None:
+    """Register entities, feature views, the label view and feature services with Feast."""
+    from features.store import LtrStore
+    LtrStore(features_dir, _config(config).features).apply()
+    typer.echo(f"applied feast repo for {features_dir}")
+
+
+@features_app.command("materialize")
+@_guard
+def features_materialize(features_dir: Path = typer.Option(..., "--features"), config: Optional[Path] = ConfigOpt,
+                         feast_default: bool = typer.Option(False, "--feast-default",
+                                                            help="Use Feast's own (slower) materialize.")) -> None:
+    """Load the latest feature values into the online store (SQLite by default, Redis optional)."""
+    from features.store import LtrStore
+    store = LtrStore(features_dir, _config(config).features)
+    if feast_default:
+        store.materialize()
+        typer.echo("materialized with feast")
+    else:
+        _echo_json(store.bulk_materialize())
+
+
+# --- training, evaluation, serving ------------------------------------------------------------------
+
+@app.command()
+@_guard
+def run(config: Optional[Path] = ConfigOpt, out: Path = typer.Option(Path("runs/default"), "--out"),
+        seed: Optional[int] = SeedOpt,
+        skip_experiments: bool = typer.Option(False, help="Stop after train/tune/register/evaluate.")) -> None:
+    """The main job: world -> labels -> features -> train -> tune -> experiments -> register -> evaluate."""
+    from ltr.pipeline import run_all
+    cfg = _config(config, seed)
+    s = run_all(cfg, out, skip_experiments=skip_experiments)
+    _echo_json({k: v for k, v in s.items() if k not in ("test_metrics",)})
+
+
+@app.command()
+@_guard
+def experiments(config: Optional[Path] = ConfigOpt, out: Path = typer.Option(Path("runs/experiments"), "--out"),
+                seed: Optional[int] = SeedOpt) -> None:
+    """The paper's experiments (arms a-e, >= 3 seeds): writes OUT/reports/experiments.{md,json}."""
+    from ltr.pipeline import run_all
+    cfg = _config(config, seed)
+    run_all(cfg, out)
+    typer.echo((out / "reports" / "experiments.md").read_text())
+
+
+@app.command()
+@_guard
+def evaluate(dataset: Path = typer.Option(..., "--dataset", help="Judged dataset dir (products + judgments)."),
+             model: str = typer.Option(..., "--model", help="e.g. models:/ltr-ranker@champion"),
+             out: Path = typer.Option(..., "--out", help="JSON report to write."),
+             ce_model: Optional[Path] = typer.Option(None, "--ce-model", help="Cross-encoder dir for ce_score."),
+             tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri")) -> None:
+    """Score a judged dataset the model never saw: NDCG@10 (ESCI and exponential gains), Irrelevant@10."""
+    from ltr.evaluate import evaluate_dataset
+    from ltr.tracking import setup_tracking
+    setup_tracking(tracking_uri)
+    rep = evaluate_dataset(dataset, model, out, ce_path=ce_model)
+    _echo_json({k: v for k, v in rep.items() if not isinstance(v, (dict, list))})
+
+
+@app.command()
+@_guard
+def serve(model: str = typer.Option("models:/ltr-ranker@champion", "--model"),
+          run_dir: Path = typer.Option(Path("runs/default"), "--run-dir", help="Run with dataset + features."),
+          host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
+          tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri")) -> None:
+    """Serve POST /v1/rank over HTTP with the registered model and Feast online features."""
+    from ltr.serving.server import serve as _serve
+    from ltr.tracking import setup_tracking
+    setup_tracking(tracking_uri)
+    _serve(model, run_dir=run_dir, host=host, port=port)
+
+
 def main() -> None:  # console-script entry point
     try:
         app()

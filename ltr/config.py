@@ -35,6 +35,11 @@ class TrackingConfig(Strict):
     enabled: bool = True
 
 
+class WindowConfig(Strict):
+    label_days: int = Field(7, ge=1, description="engagement labels (and held-out engagement) come from the "
+                            "last N days of the log; features are read as of the start of that window")
+
+
 class EvaluateConfig(Strict):
     esci_dir: Optional[Path] = Field(None, description="judged dataset to evaluate the champion on; "
                                      "default: ../shared/data/esci when present")
@@ -50,4 +55,5 @@ class RunConfig(Strict):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     experiments: ExperimentConfig = Field(default_factory=ExperimentConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    train_window: WindowConfig = Field(default_factory=WindowConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

@@ -20,7 +20,7 @@ Conventions (stated once, used everywhere):
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd

@@ -26,7 +26,7 @@ from .train_config import EngagementConfig, FrameColumns, TargetConfig
 
 try:  # the labels engineer's implementation, when present (same signature)
     from labels.polarize import polarize as _labels_polarize  # type: ignore
-except Exception:  # pragma: no cover - depends on what is installed
+except ImportError:  # pragma: no cover - depends on what is installed
     _labels_polarize = None
 
 

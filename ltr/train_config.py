@@ -50,7 +50,7 @@ class EngagementConfig(_Strict):
     normalize: Literal["query_max", "global_max", "none"] = "query_max"
 
     @model_validator(mode="after")
-    def _some_weight(self) -> "EngagementConfig":
+    def _some_weight(self) -> EngagementConfig:
         if self.click_weight + self.cart_weight + self.purchase_weight <= 0:
             raise ValueError("engagement weights are all 0. Fix: give click_weight, cart_weight or "
                              "purchase_weight a positive value.")

@@ -198,16 +198,25 @@ class FineTunedGrader:
             raise ValueError(f"fit: need at least 8 graded pairs, got {len(g)}. Fix: supply a larger seed set.")
         if g.min() < 0 or g.max() > 3:
             raise ValueError("fit: grades must be integers 0..3 (ESCI E/S/C/I = 3/2/1/0).")
-        if self.cfg.n_unfrozen < 1 or self.cfg.n_unfrozen > 6:
-            raise ValueError("GraderConfig.n_unfrozen must be between 1 and 6.")
+        if self.cfg.n_unfrozen < 0 or self.cfg.n_unfrozen > 6:
+            raise ValueError("GraderConfig.n_unfrozen must be between 0 (frozen encoder) and 6.")
         _threads(self.cfg.num_threads)
         torch.manual_seed(self.cfg.seed)
         rng = np.random.default_rng(self.cfg.seed)
         t0 = time.perf_counter()
         q, p, side = self._inputs(queries, products, self.cfg.progress)
         t_cache = time.perf_counter() - t0
+        self._fit_inputs(q, p, side, g, queries)
+        self.meta["seconds_cache"] = round(t_cache, 2)
+        self.meta["seconds_total"] = round(time.perf_counter() - t0, 2)
+        return self
+
+    def _fit_inputs(self, q, p, side, g: np.ndarray, queries: Sequence[str]) -> None:
+        t0 = time.perf_counter()
+        torch.manual_seed(self.cfg.seed)
+        rng = np.random.default_rng(self.cfg.seed)
         layers = nn.ModuleList(copy.deepcopy(self.enc.model.encoder.layer[self.split:]))
-        self.net = _GraderNet(layers, self.enc.model.config.hidden_size, side.shape[1], self.cfg.hidden,
+        self.net = _GraderNet(layers, self.enc.model.config.hidden_size, side.shape[1] + 1, self.cfg.hidden,
                               self.cfg.dropout)
         freq = np.bincount(g, minlength=4) + 1.0
         w = torch.tensor((freq / freq.sum()) ** -self.cfg.class_weight_power, dtype=torch.float32)
@@ -215,11 +224,13 @@ class FineTunedGrader:
         enc_params = list(self.net.tower.parameters())
         enc_ids = {id(x) for x in enc_params}
         head = [x for x in self.net.parameters() if id(x) not in enc_ids]
-        opt = torch.optim.AdamW([{"params": enc_params, "lr": self.cfg.lr_encoder},
-                                 {"params": head, "lr": self.cfg.lr_head}], weight_decay=self.cfg.weight_decay)
+        groups = [{"params": head, "lr": self.cfg.lr_head}]
+        if enc_params:
+            groups.insert(0, {"params": enc_params, "lr": self.cfg.lr_encoder})
+        opt = torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
         n = len(g)
         steps = self.cfg.epochs * math.ceil(n / self.cfg.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[self.cfg.lr_encoder, self.cfg.lr_head],
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[gr["lr"] for gr in groups],
                                                     total_steps=steps, pct_start=0.1)
         y = torch.from_numpy(g)
         from tqdm.auto import tqdm
@@ -240,7 +251,7 @@ class FineTunedGrader:
                 loss.backward()
                 opt.step()
                 sched.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         bar.close()
@@ -251,9 +262,8 @@ class FineTunedGrader:
         self.meta = {"format_version": GRADER_FORMAT_VERSION, "n_train_pairs": int(n),
                      "n_train_queries": len(set(queries)), "train_grade_counts": np.bincount(g, minlength=4).tolist(),
                      "train_kappa_in_sample": quadratic_kappa(g, apply_thresholds(eg, self.thresholds)),
-                     "seconds_cache": round(t_cache, 2), "seconds_total": round(time.perf_counter() - t0, 2),
+                     "seconds_train": round(time.perf_counter() - t0, 2),
                      "final_loss": float(np.mean(losses[-20:])) if losses else None}
-        return self
 
     @torch.inference_mode()
     def _predict(self, q, p, side, batch: int = 256) -> np.ndarray:
@@ -320,7 +330,7 @@ class FineTunedGrader:
         cfg = GraderConfig(**meta["config"])
         g = cls(encoder_path, cfg)
         layers = nn.ModuleList(copy.deepcopy(g.enc.model.encoder.layer[g.split:]))
-        g.net = _GraderNet(layers, g.enc.model.config.hidden_size, 1 + len(meta["lexical_features"]),
+        g.net = _GraderNet(layers, g.enc.model.config.hidden_size, 2 + len(meta["lexical_features"]),
                            cfg.hidden, cfg.dropout)
         g.net.load_state_dict(torch.load(d / "weights.pt", weights_only=True))
         g.net.eval()

@@ -66,9 +66,9 @@ def _group_z(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
 class ClickModel:
     """PBM clicks, then cart and purchase conditional on the click. Defaults are the built-in world's."""
 
-    eta: float = 1.0
-    bias: float = -1.9
-    relevance: tuple[float, float, float, float] = (0.0, 0.45, 0.75, 1.0)   # logit by grade I, C, S, E
+    eta: float = 0.8
+    bias: float = -2.1
+    relevance: tuple[float, float, float, float] = (0.0, 1.3, 2.3, 3.2)   # logit by grade I, C, S, E
     w_popularity: float = 0.9
     w_price: float = 0.55
     w_discount: float = 2.5

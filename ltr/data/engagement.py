@@ -11,8 +11,9 @@ most-clicked item is irrelevant), which is the gap the platform exists to close.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,7 +58,7 @@ def baseline_scores(pairs: pd.DataFrame, w_lexical: float = 1.5, w_popularity: f
 
 def simulate_sessions(pairs: pd.DataFrame, sessions: Mapping[str, int], rng: np.random.Generator, *,
                       click_model: ClickModel | None = None, days: int = 28, depth: int = 10,
-                      ranker_noise: float = 0.35, progress: bool = True) -> pd.DataFrame:
+                      ranker_noise: float = 0.6, progress: bool = True) -> pd.DataFrame:
     """Impressions for `sessions[query_id]` searches of each query, spread uniformly over `days`.
 
     `pairs` (one row per candidate) needs query_id, product_id, baseline_score and the click-model inputs
@@ -146,7 +147,7 @@ def engagement_report(impressions: pd.DataFrame, grades: pd.DataFrame, min_impre
             "share_of_purchases": round(float(r["purchases"] / max(by_grade["purchases"].sum(), 1)), 4),
         }
     return {
-        "impressions": int(len(impressions)),
+        "impressions": len(impressions),
         "sessions": int(impressions["request_id"].nunique()),
         "clicks": int(impressions["clicked"].sum()),
         "add_to_carts": int(impressions["added_to_cart"].sum()),
@@ -154,9 +155,9 @@ def engagement_report(impressions: pd.DataFrame, grades: pd.DataFrame, min_impre
         "ctr": round(float(impressions["clicked"].mean()), 4),
         "spearman_grade_ctr": round(rho, 4),
         "spearman_min_impressions": int(min_impressions),
-        "spearman_pairs": int(len(enough)),
+        "spearman_pairs": len(enough),
         "queries_with_clicks": int(top["query_id"].nunique()),
-        "queries_top_clicked_irrelevant": int(len(top_irrelevant)),
+        "queries_top_clicked_irrelevant": len(top_irrelevant),
         "examples_top_clicked_irrelevant": top_irrelevant[["query_id", "product_id"]].head(max_examples)
         .to_dict("records"),
         "irrelevant_share_top10_by_ctr": round(float((top10["grade"] == 0).mean()), 4) if len(top10) else None,

@@ -1,0 +1,214 @@
+"""Labelling runs: grade every candidate pair of a dataset and write the LABELS table.
+
+    label_pairs(dataset_dir, out_path, LabelConfig(...)) -> summary dict
+    calibrate(labels_df_or_path, judgments_df_or_path) -> report dict
+
+Every new grade is committed to the SQLite cache as it returns, so a killed run re-run with the same
+config grades only what is missing. Also runnable as `python -m labels.run DATASET OUT [--config X.json|yaml]`
+(the lead's `ltr label` calls the same functions).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ltr.data.dataset import Dataset, write_table
+from ltr.data.schemas import LABELS
+
+from .backends.base import Backend, LabelerError, Pair
+from .cache import LabelCache, grade_with_cache
+from .calibration import calibrate
+from .config import LabelConfig, TierConfig
+from .cost import CostMeter
+
+__all__ = ["label_pairs", "calibrate", "build_pairs", "make_backend", "fit_grader_on_dataset"]
+
+
+def build_pairs(ds: Dataset) -> list[Pair]:
+    """Candidate pairs with their query text and product record, in a stable order."""
+    qtext = dict(zip(ds.queries["query_id"], ds.queries["query"]))
+    missing = set(ds.candidates["query_id"]) - set(qtext)
+    if missing:
+        raise LabelerError(f"{ds.root}: candidates name {len(missing)} query_id(s) absent from queries, e.g. "
+                           f"{sorted(missing)[:3]}. Fix: add them to queries.parquet.")
+    prods = ds.products.set_index("product_id", drop=False)
+    cand = ds.candidates.sort_values(["query_id", "product_id"])
+    return [Pair(q, qtext[q], p, prods.loc[p].to_dict()) for q, p in zip(cand["query_id"], cand["product_id"])]
+
+
+def fit_grader_on_dataset(ds: Dataset, out_dir: Path, cfg: LabelConfig, holdout_frac: float = 0.2
+                          ) -> tuple[Path, set[str]]:
+    """Fit the local grader on the dataset's human judgments (the seed set), holding out a seeded,
+    query-grouped share of queries so the calibration report is measured on pairs it never saw."""
+    from .backends.grader import FineTunedGrader, GraderConfig
+    j = ds.judgments.merge(ds.products, on="product_id", how="inner")
+    qs = np.array(sorted(j["query_id"].unique()))
+    rng = np.random.default_rng(cfg.grader.seed)
+    n_hold = int(round(holdout_frac * len(qs))) if len(qs) >= 5 else 0
+    held = set(rng.choice(qs, size=n_hold, replace=False)) if n_hold else set()
+    tr = j[~j["query_id"].isin(held)]
+    g = FineTunedGrader(config=GraderConfig(epochs=cfg.grader.epochs, n_unfrozen=cfg.grader.n_unfrozen,
+                                            seed=cfg.grader.seed))
+    g.fit(tr["query"].tolist(), tr.to_dict("records"), tr["grade"].to_numpy())
+    d = out_dir / "grader"
+    g.save(d)
+    (d / "heldout_queries.json").write_text(json.dumps(sorted(held)) + "\n")
+    return d, held
+
+
+def _single(kind: str, section: Any, cfg: LabelConfig, meter: CostMeter, grader_dir: Path | None) -> Backend:
+    if kind == "openai":
+        from .backends.openai import OpenAIBackend
+        return OpenAIBackend(section or cfg.openai, cfg.prompt_version, meter, cfg.prices)
+    if kind == "causal_lm":
+        from .backends.causal_lm import CausalLMBackend
+        s = section or cfg.causal_lm
+        return CausalLMBackend(s.path, cfg.prompt_version, s.batch_size, s.max_length)
+    if kind == "grader":
+        from .backends.grader import GraderBackend
+        d = (section.dir if section is not None and section.dir else None) or cfg.grader.dir or grader_dir
+        if d is None:
+            raise ValueError("grader backend needs grader.dir (a fitted grader) or a dataset with judgments.")
+        return GraderBackend(d)
+    raise ValueError(f"unknown backend {kind!r}")
+
+
+def make_backend(cfg: LabelConfig, meter: CostMeter, cache: LabelCache | None, grader_dir: Path | None = None
+                 ) -> Backend:
+    if cfg.backend == "cascade":
+        from .cascade import CascadeBackend, Tier
+        assert cfg.cascade is not None
+        tiers = []
+        for t in cfg.cascade.tiers:
+            t: TierConfig
+            sec = {"openai": t.openai, "causal_lm": t.causal_lm, "grader": t.grader}[t.backend]
+            tiers.append(Tier(_single(t.backend, sec, cfg, meter, grader_dir), t.escalate_if_margin_below,
+                              t.escalate_if_entropy_above))
+        return CascadeBackend(tiers, cache)
+    return _single(cfg.backend, None, cfg, meter, grader_dir)
+
+
+def _labels_frame(pairs: list[Pair], results, created: pd.Timestamp) -> pd.DataFrame:
+    rows = [(r.query_id, r.product_id, min(1.0, max(0.0, r.score)), *r.probs, r.backend, r.model, r.prompt_version,
+             r.cost, r.grade) for r in results if r is not None]
+    df = pd.DataFrame(rows, columns=["query_id", "product_id", "score", "p0", "p1", "p2", "p3", "backend", "model",
+                                     "prompt_version", "cost", "grade"])
+    df.insert(len(df.columns) - 1, "created_at", created)
+    return df.sort_values(["query_id", "product_id"]).reset_index(drop=True)
+
+
+def label_pairs(dataset_dir: str | Path, out_path: str | Path, cfg: LabelConfig | None = None,
+                progress: bool = True) -> dict:
+    """Grade every candidate pair of the dataset at `dataset_dir`; write LABELS to `out_path` (parquet).
+
+    Returns a summary: pairs, graded now / from cache / not graded (budget), tokens and dollars spent
+    this run, cascade tier counts, and a calibration report on the judged pairs."""
+    from tqdm.auto import tqdm
+    cfg = cfg or LabelConfig()
+    t0 = time.perf_counter()
+    out_path = Path(out_path)
+    out_dir = out_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ds = Dataset.load(dataset_dir)
+    summary: dict[str, Any] = {"dataset": str(dataset_dir), "out": str(out_path), "backend": cfg.backend,
+                               "prompt_version": cfg.prompt_version}
+    if cfg.backend == "imported":
+        from .backends.imported import import_labels
+        assert cfg.imported is not None
+        lab = import_labels(cfg.imported.path, cfg.imported.format)
+        lab = lab.merge(ds.candidates[["query_id", "product_id"]], on=["query_id", "product_id"], how="inner")
+        valid = write_table(lab, out_path, LABELS)
+        summary.update(n_pairs=len(ds.candidates), n_labelled=len(valid), seconds=round(time.perf_counter() - t0, 2))
+        return summary
+    pairs = build_pairs(ds)
+    held: set[str] | None = None
+    grader_dir = None
+    uses_grader = cfg.backend == "grader" or (cfg.cascade and any(t.backend == "grader" for t in cfg.cascade.tiers))
+    if uses_grader and not cfg.grader.dir:
+        grader_dir, held = fit_grader_on_dataset(ds, out_dir, cfg)
+        summary["grader_fitted"] = {"dir": str(grader_dir), "heldout_queries": len(held)}
+    meter = CostMeter(max_dollars=cfg.max_dollars)
+    cache = LabelCache(cfg.cache_path or out_dir / "label_cache.sqlite")
+    try:
+        backend = make_backend(cfg, meter, cache, grader_dir)
+        summary["model"] = backend.model
+        bar = tqdm(total=len(pairs), disable=not progress, desc=f"label [{backend.name}]", unit="pair")
+
+        def on_new(pair: Pair, r) -> None:
+            bar.update(1)
+            bar.set_postfix_str(meter.postfix(), refresh=False)
+
+        try:
+            if cfg.backend == "cascade":  # tiers cache themselves
+                results = [None] * len(pairs)
+                done = {(r.query_id, r.product_id): r for r in backend.grade(pairs, on_result=on_new)}
+                results = [done.get((p.query_id, p.product_id)) for p in pairs]
+                n_cached = n_new = None
+                summary["tiers"] = backend.stats  # type: ignore[attr-defined]
+            else:
+                results, n_cached, n_new = grade_with_cache(backend, pairs, cache, on_new=on_new)
+                bar.update(n_cached)
+        except LabelerError as e:
+            raise LabelerError(f"{e} ({cache.count()} graded pairs are safe in {cache.path}; re-run to resume)") from e
+        finally:
+            bar.close()
+        created = pd.Timestamp.now(tz="UTC").floor("s")
+        lab = _labels_frame(pairs, results, created)
+        valid = write_table(lab, out_path, LABELS)
+    finally:
+        cache.close()
+    n_missing = sum(r is None for r in results)
+    summary.update(n_pairs=len(pairs), n_labelled=len(valid), n_not_graded=n_missing,
+                   n_from_cache=n_cached, n_graded_now=n_new, stopped_reason=getattr(backend, "stopped_reason", None),
+                   cost_this_run=meter.summary(), label_cost_total=float(valid["cost"].sum()),
+                   seconds=round(time.perf_counter() - t0, 2))
+    if cfg.calibrate and len(valid):
+        jud = ds.judgments
+        scope = "all judged pairs"
+        if held is not None:
+            jud = jud[jud["query_id"].isin(held)]
+            scope = f"held-out queries only ({len(held)}); the grader was fitted on the others"
+        try:
+            rep = calibrate(valid, jud, out_dir=out_dir, name=out_path.stem + ".calibration")
+            rep["scope"] = scope
+            summary["calibration"] = {k: rep[k] for k in ("n_pairs", "accuracy", "kappa_quadratic", "spearman",
+                                                          "scope")}
+        except ValueError as e:
+            summary["calibration"] = {"skipped": str(e)}
+    (out_dir / f"{out_path.stem}.summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def _load_cfg(path: str | None) -> LabelConfig:
+    if not path:
+        return LabelConfig()
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    return LabelConfig.model_validate(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m labels.run", description="grade a dataset's candidate pairs")
+    ap.add_argument("dataset")
+    ap.add_argument("out", help="labels parquet to write")
+    ap.add_argument("--config", help="LabelConfig as JSON or YAML")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    s = label_pairs(a.dataset, a.out, _load_cfg(a.config), progress=not a.no_progress)
+    print(json.dumps(s, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Score a judged dataset the model never saw: `ltr evaluate --dataset DIR --model models:/NAME@champion`.
+
+The dataset is any directory with products.parquet + judgments.parquet (query, product_id, grade 0..3),
+e.g. ../shared/data/esci, used as is. Features are computed on the fly with the offline functions
+(features/ondemand.py: lexical and product features with BM25 over *this* dataset's catalog, bi-encoder
+cosine, cross-encoder score); engagement features are absent -> NaN, which the trees route the way they
+learnt for never-shown pairs in training. With `features_dir`, values present in that online store win.
+
+Output JSON: NDCG@k with ESCI gains (E=1, S=0.1, C=0.01, I=0) and exponential gains (2^grade - 1),
+Irrelevant@k, n_queries, which features were computed / missing, and per-query values.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from features.ondemand import OnDemandFeatures, is_engagement
+from ltr import metrics as M
+from ltr.data.dataset import Dataset
+
+from .serving.assemble import FeatureAssembler
+from .serving.model import ServingError, load_ranker
+
+
+def _finite(o: Any) -> Any:
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _mean(s: pd.Series) -> float:
+    return float(s.mean()) if s.notna().any() else float("nan")
+
+
+def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Path | None = None, *,
+                     k: int = 10, cross_encoder: str | Path | None = None, bi_encoder: str | Path | None = "default",
+                     features_dir: str | Path | None = None, tracking_uri: str | None = None,
+                     on_missing: Literal["error", "nan"] = "nan", max_queries: int | None = None,
+                     progress: bool = True) -> dict[str, Any]:
+    """Evaluate `model_uri` on the judged dataset `dataset_dir`; write JSON to `out_path` (if given); return it.
+
+    Engagement features are NaN unless `features_dir` holds them (never an error). For other model
+    features nothing here can compute, on_missing='nan' (default) scores with NaN and lists them under
+    `features_missing_non_engagement`; 'error' refuses instead. max_queries evaluates only the first N query ids
+    (sorted), for quick checks.
+    """
+    t0 = time.perf_counter()
+    if not isinstance(k, int) or k < 1:
+        raise ServingError(f"k must be a positive int, got {k!r}. Fix: e.g. k=10.")
+    if max_queries is not None and (not isinstance(max_queries, int) or max_queries < 1):
+        raise ServingError(f"max_queries must be a positive int or None, got {max_queries!r}.")
+    ds = Dataset.load(dataset_dir)
+    j = ds.judgments.sort_values(["query_id", "product_id"], kind="stable").reset_index(drop=True)
+    if j.empty:
+        raise ServingError(f"{dataset_dir}: judgments.parquet has no rows. Fix: evaluate on a judged dataset.")
+    if max_queries is not None:
+        keep = sorted(j["query_id"].unique())[:max_queries]
+        j = j[j["query_id"].isin(keep)].reset_index(drop=True)
+    lm = load_ranker(model_uri, cross_encoder=cross_encoder, tracking_uri=tracking_uri)
+    store = None
+    if features_dir is not None:
+        from features.store import LtrStore
+        store = LtrStore(features_dir)
+    ondemand = OnDemandFeatures(ds.products, cross_encoder=lm.cross_encoder, bi_encoder=bi_encoder)
+    asm = FeatureAssembler(lm.features, ondemand, store, on_missing="nan")
+    unexpected = [f for f in asm.missing if not is_engagement(f)]  # absent engagement is the normal case
+    if unexpected and on_missing == "error":
+        raise ServingError(f"model feature(s) {unexpected} cannot be computed for {dataset_dir}. Fix: pass "
+                           "cross_encoder=DIR for ce_score, bi_encoder='default' for bienc_cos, or "
+                           "on_missing='nan' to score with them missing.")
+    if unexpected:
+        warnings.warn(f"evaluate: model feature(s) {unexpected} cannot be computed here and are NaN "
+                      "(ce_score needs the model's cross-encoder, bienc_cos a bi-encoder).", stacklevel=2)
+    t_feat = time.perf_counter()
+    X = asm.frame_pairs(j[["query", "product_id"]], progress=progress)
+    t_score = time.perf_counter()
+    scores = lm.ranker.predict(X, missing="nan")
+    qid, pid, grade = j["query_id"].to_numpy(), j["product_id"].to_numpy(), j["grade"].to_numpy(float)
+    per = pd.DataFrame({
+        f"ndcg@{k}": M.ndcg_per_query(qid, scores, grade, k, "esci", pid),
+        f"ndcg_exp@{k}": M.ndcg_per_query(qid, scores, grade, k, "exp", pid),
+        f"irrelevant@{k}": M.irrelevant_per_query(qid, scores, grade, k, pid),
+    })
+    g = j.groupby("query_id", sort=True)
+    per["query"] = g["query"].first()
+    per["n_judged"] = g.size()
+    per["n_relevant"] = g["grade"].apply(lambda s: int((s > 0).sum()))
+    result: dict[str, Any] = {
+        "dataset": str(Path(dataset_dir).resolve()),
+        "model": lm.describe(),
+        "k": k,
+        f"ndcg@{k}": _mean(per[f"ndcg@{k}"]),
+        f"ndcg_exp@{k}": _mean(per[f"ndcg_exp@{k}"]),
+        f"irrelevant@{k}": _mean(per[f"irrelevant@{k}"]),
+        "n_queries": int(len(per)),
+        "n_queries_with_relevant": int(per[f"ndcg@{k}"].notna().sum()),
+        "n_pairs": int(len(j)),
+        "gains": {"esci": {str(g_): v for g_, v in M.ESCI_GAINS.items()}, "exp": "2^grade - 1"},
+        "features_computed": [f for f, s in asm.sources.items() if s != "missing"],
+        "features_missing": asm.missing,
+        "features_missing_non_engagement": unexpected,
+        "feature_sources": asm.sources,
+        "engagement": "from online store" if store is not None else "absent (NaN), as for never-shown pairs",
+        "seconds": {"features": round(t_score - t_feat, 3), "total": round(time.perf_counter() - t0, 3)},
+        "per_query": [
+            {"query_id": q, "query": r["query"], "n_judged": int(r["n_judged"]), "n_relevant": int(r["n_relevant"]),
+             f"ndcg@{k}": float(r[f"ndcg@{k}"]), f"ndcg_exp@{k}": float(r[f"ndcg_exp@{k}"]),
+             f"irrelevant@{k}": float(r[f"irrelevant@{k}"])}
+            for q, r in per.iterrows()],
+    }
+    result = _finite(result)
+    if out_path is not None:
+        out = Path(out_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, out)
+    return result
+
+
+__all__ = ["evaluate_dataset"]

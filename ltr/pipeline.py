@@ -1,0 +1,377 @@
+"""The main job as composable stages: dataset -> labels -> cross-encoder -> Feast features -> training
+frame -> train / tune / experiments -> register -> evaluate.
+
+Every stage is a plain function over typed tables and directories, so a notebook can call them one by
+one and the CLI (`ltr run`) just calls `run_all`. Each stage writes its outputs under the run directory
+and skips itself when its outputs already exist for the same inputs (so a crashed run resumes).
+
+Leakage rules this module enforces:
+- engagement features are read point-in-time as of `cutoff`; engagement *labels* (and the held-out
+  engagement used for evaluation) come from the window after `cutoff`;
+- the cross-encoder score of a query comes from a cross-encoder that never saw that query's labels
+  (2-fold cross-fitting over queries), so any query split downstream is clean;
+- `truth.parquet` (ground truth) only ever fills the evaluation-only `grade` column.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ltr.config import RunConfig
+from ltr.data.dataset import Dataset
+
+ENG_COLS = ("impressions", "clicks", "carts", "purchases")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels" / "labels.parquet"
+
+    @property
+    def ce(self) -> Path:
+        return self.root / "cross_encoder"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def frame(self) -> Path:
+        return self.root / "training_frame.parquet"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+
+def _log(msg: str) -> None:
+    print(f"[ltr {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _stamp_ok(path: Path, key: str) -> bool:
+    s = path.with_name(path.name + ".stamp") if path.suffix else path / ".stamp"
+    return s.exists() and s.read_text().strip() == key
+
+
+def _stamp(path: Path, key: str) -> None:
+    s = path.with_name(path.name + ".stamp") if path.suffix else path / ".stamp"
+    s.parent.mkdir(parents=True, exist_ok=True)
+    s.write_text(key + "\n")
+
+
+# --- stage 1: dataset ---------------------------------------------------------------------------
+
+def stage_dataset(cfg: RunConfig, paths: RunPaths) -> Path:
+    """The built-in world (default), an ESCI folder, or an existing dataset directory."""
+    d = cfg.dataset
+    if d.source == "dir":
+        if d.path is None:
+            raise ValueError("dataset.path is required when dataset.source is 'dir'. Fix: set dataset.path.")
+        ds_dir = Path(d.path)
+    else:
+        ds_dir = paths.dataset
+        key = _digest({"source": d.source, "seed": cfg.seed, "world": d.world.model_dump(), "path": str(d.path)})
+        if not _stamp_ok(ds_dir, key):
+            if d.source == "world":
+                from ltr.data.world import generate_world
+                _log("stage dataset: generating the built-in world")
+                s = generate_world(ds_dir, seed=cfg.seed, cfg=d.world)
+                _log(f"  world: {json.dumps({k: s[k] for k in s if not isinstance(s[k], (dict, list))})}")
+            else:
+                from ltr.data.esci import load_esci
+                if d.path is None:
+                    raise ValueError("dataset.path is required when dataset.source is 'esci'.")
+                load_esci(d.path, ds_dir)
+            _stamp(ds_dir, key)
+    ds = Dataset.load(ds_dir)
+    if not ds.has_engagement and d.simulate_engagement:
+        from ltr.data.engagement import simulate_engagement
+        _log("stage dataset: no engagement log; simulating one (reported as simulated)")
+        simulate_engagement(ds_dir, seed=cfg.seed)
+    return ds_dir
+
+
+# --- stage 2: labels -----------------------------------------------------------------------------
+
+def stage_labels(cfg: RunConfig, paths: RunPaths, ds_dir: Path) -> dict[str, Any]:
+    from labels.run import label_pairs
+    key = _digest({"ds": str(ds_dir), "labels": cfg.labels.model_dump(mode="json"), "seed": cfg.seed})
+    summary_path = paths.labels.with_suffix(".summary.json")
+    if _stamp_ok(paths.labels, key) and paths.labels.exists():
+        _log("stage labels: up to date")
+        return json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    _log(f"stage labels: grading candidate pairs with backend '{cfg.labels.backend}'")
+    s = label_pairs(ds_dir, paths.labels, cfg.labels)
+    _stamp(paths.labels, key)
+    return s
+
+
+# --- stage 3: cross-encoder (cross-fitted) -------------------------------------------------------
+
+def query_folds(query_ids: pd.Series | np.ndarray, n_folds: int, seed: int) -> dict[str, int]:
+    """Deterministic fold of every query (hash of id and seed), independent of row order."""
+    out = {}
+    for q in sorted(set(map(str, query_ids))):
+        h = int(hashlib.sha1(f"{seed}:{q}".encode()).hexdigest()[:8], 16)
+        out[q] = h % n_folds
+    return out
+
+
+def stage_cross_encoder(cfg: RunConfig, paths: RunPaths, ds: Dataset, targets: pd.DataFrame,
+                        name: str = "llm", n_folds: int = 2) -> pd.DataFrame:
+    """Cross-fitted cross-encoder scores: each query is scored by a model fitted on the other fold(s).
+
+    `targets` holds (query_id, product_id, score in [0,1]): LLM labels for the `ce_score` feature, or
+    purchase labels for the Hopit.ai comparison. Returns DataFrame[query_id, product_id, <column>].
+    """
+    from features.crossencoder import CrossEncoderScorer, fine_tune_cross_encoder, score_pairs
+    col = "ce_score" if name == "llm" else f"ce_{name}_score"
+    out_path = paths.ce / f"{name}_scores.parquet"
+    key = _digest({"ce": cfg.cross_encoder.model_dump(mode="json"), "n": len(targets),
+                   "t": float(targets["score"].sum()), "seed": cfg.seed, "folds": n_folds})
+    if _stamp_ok(out_path, key) and out_path.exists():
+        _log(f"stage cross-encoder [{name}]: up to date")
+        return pd.read_parquet(out_path)
+    folds = query_folds(ds.candidates["query_id"], n_folds, cfg.seed)
+    cand = ds.candidates[["query_id", "product_id"]].copy()
+    cand_fold = cand["query_id"].map(folds).to_numpy()
+    t_fold = targets["query_id"].map(folds).to_numpy()
+    parts = []
+    for f in range(n_folds):
+        mdir = paths.ce / f"{name}_fold{f}"
+        _log(f"stage cross-encoder [{name}]: fine-tuning fold {f + 1}/{n_folds} "
+             f"on {int((t_fold != f).sum())} labelled pairs of the other fold(s)")
+        fine_tune_cross_encoder(targets[t_fold != f].reset_index(drop=True), ds.products, ds.queries, mdir,
+                                cfg.cross_encoder, seed=cfg.seed + f)
+        scorer = CrossEncoderScorer(mdir)
+        sub = cand[cand_fold == f].reset_index(drop=True)
+        parts.append(score_pairs(sub, ds.products, ds.queries, scorer, progress=True))
+    scores = pd.concat(parts, ignore_index=True).rename(columns={"ce_score": col})
+    scores = scores.sort_values(["query_id", "product_id"]).reset_index(drop=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    scores.to_parquet(out_path, index=False)
+    _stamp(out_path, key)
+    return scores
+
+
+def bi_encoder_scores(ds: Dataset, paths: RunPaths) -> pd.DataFrame:
+    from features.biencoder import score_pairs
+    out_path = paths.ce / "bienc_scores.parquet"
+    if out_path.exists() and len(pd.read_parquet(out_path, columns=["query_id"])) == len(ds.candidates):
+        return pd.read_parquet(out_path)
+    _log("stage cross-encoder: zero-shot bi-encoder cosine for every candidate")
+    s = score_pairs(ds.candidates[["query_id", "product_id"]], ds.products, ds.queries, progress=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    s.to_parquet(out_path, index=False)
+    return s
+
+
+# --- engagement windows ----------------------------------------------------------------------------
+
+def engagement_cutoff(impressions: pd.DataFrame, label_days: int) -> pd.Timestamp:
+    """Features are as of the cutoff; engagement labels come from the last `label_days` days."""
+    end = impressions["ts"].max().floor("D") + pd.Timedelta(days=1)
+    return end - pd.Timedelta(days=label_days)
+
+
+def engagement_counts(impressions: pd.DataFrame, start: pd.Timestamp | None = None,
+                      end: pd.Timestamp | None = None) -> pd.DataFrame:
+    """Per-pair impressions / clicks / carts / purchases in [start, end)."""
+    imp = impressions
+    if start is not None:
+        imp = imp[imp["ts"] >= start]
+    if end is not None:
+        imp = imp[imp["ts"] < end]
+    g = imp.groupby(["query_id", "product_id"], sort=True)
+    return pd.DataFrame({"impressions": g.size(), "clicks": g["clicked"].sum(),
+                         "carts": g["added_to_cart"].sum(), "purchases": g["purchased"].sum()}
+                        ).astype("float64").reset_index()
+
+
+def purchase_targets(ds: Dataset, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """Purchase labels for the Hopit.ai arm: smoothed purchase rate of each pair before the cutoff, in [0,1]."""
+    c = engagement_counts(ds.impressions, end=cutoff)
+    rate = (c["purchases"] + 0.01) / (c["impressions"] + 1.0)
+    c["score"] = (rate / rate.max()).clip(0, 1)
+    return c[["query_id", "product_id", "score"]]
+
+
+# --- stage 4: Feast features -----------------------------------------------------------------------
+
+def stage_features(cfg: RunConfig, paths: RunPaths, ds_dir: Path, content: pd.DataFrame) -> Any:
+    from features.build import build_features
+    from features.store import LtrStore
+    key = _digest({"ds": str(ds_dir), "f": cfg.features.model_dump(mode="json"), "n": len(content),
+                   "c": float(np.nansum(content.select_dtypes("number").to_numpy())),
+                   "labels": paths.labels.stat().st_mtime if paths.labels.exists() else 0})
+    if not _stamp_ok(paths.features, key):
+        _log("stage features: lexical, product, engagement, content and label tables")
+        build_features(ds_dir, paths.features, cfg.features, ce_scores=content, labels=paths.labels)
+        store = LtrStore(paths.features, cfg.features).apply()
+        _log("stage features: feast apply done; bulk materialize into the online store")
+        rows = store.bulk_materialize()
+        _log(f"  materialized rows per view: {rows}")
+        _stamp(paths.features, key)
+    else:
+        _log("stage features: up to date")
+        store = LtrStore(paths.features, cfg.features)
+    return store
+
+
+# --- stage 5: the training frame -------------------------------------------------------------------
+
+def stage_training_frame(cfg: RunConfig, paths: RunPaths, ds: Dataset, store: Any, cutoff: pd.Timestamp,
+                         extra: list[pd.DataFrame] = ()) -> pd.DataFrame:
+    """Features and labels point-in-time from Feast, engagement labels after the cutoff, truth for eval."""
+    ent = ds.candidates[["query_id", "product_id"]].copy()
+    ent["event_timestamp"] = cutoff
+    _log(f"stage training set: get_historical_features for {len(ent)} pairs as of {cutoff}")
+    frame = store.get_training_frame(ent, labels=True)
+    frame = frame.rename(columns={"label_score": "content_score"})
+    frame = frame.drop(columns=[c for c in ("label_grade", "labeler", "labeler_kind") if c in frame.columns])
+    after = engagement_counts(ds.impressions, start=cutoff) if ds.has_engagement else None
+    if after is not None:
+        frame = frame.merge(after, on=["query_id", "product_id"], how="left")
+        for c in ENG_COLS:
+            frame[c] = frame[c].fillna(0.0)
+            frame[f"heldout_{c}"] = frame[c]
+    for e in extra:
+        frame = frame.merge(e, on=["query_id", "product_id"], how="left")
+    truth = ds.load_truth()
+    grades = truth if truth is not None else ds.judgments[["query_id", "product_id", "grade"]]
+    frame = frame.merge(grades[["query_id", "product_id", "grade"]], on=["query_id", "product_id"], how="left")
+    if "segment" in ds.queries.columns:
+        frame = frame.merge(ds.queries[["query_id", "segment"]], on="query_id", how="left")
+    frame = frame.sort_values(["query_id", "product_id"]).reset_index(drop=True)
+    frame["content_score"] = frame["content_score"].fillna(frame["content_score"].median())
+    frame.to_parquet(paths.frame, index=False)
+    return frame
+
+
+# --- the whole job ---------------------------------------------------------------------------------
+
+def run_all(cfg: RunConfig, out: str | Path, skip_experiments: bool = False) -> dict[str, Any]:
+    """Run the main job end to end; returns a summary and writes reports under OUT/reports."""
+    from ltr.experiments import run_experiments
+    from ltr.tracking import log_training_run, register_model, setup_tracking
+    from ltr.train import train_and_evaluate
+    from ltr.tuning import tune
+
+    t0 = time.time()
+    paths = RunPaths(Path(out))
+    paths.reports.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def tick(name: str, t: float) -> None:
+        timings[name] = round(time.time() - t, 1)
+
+    t = time.time()
+    ds_dir = stage_dataset(cfg, paths)
+    ds = Dataset.load(ds_dir)
+    tick("dataset", t)
+    t = time.time()
+    label_summary = stage_labels(cfg, paths, ds_dir)
+    tick("labels", t)
+    labels = pd.read_parquet(paths.labels)
+    cutoff = engagement_cutoff(ds.impressions, cfg.train_window.label_days)
+
+    t = time.time()
+    content = bi_encoder_scores(ds, paths)
+    ce = stage_cross_encoder(cfg, paths, ds, labels[["query_id", "product_id", "score"]], "llm")
+    content = content.merge(ce, on=["query_id", "product_id"], how="left")
+    extra = []
+    if "e" in cfg.experiments.arms and not skip_experiments:
+        extra.append(stage_cross_encoder(cfg, paths, ds, purchase_targets(ds, cutoff), "purchase"))
+    tick("cross_encoder", t)
+
+    t = time.time()
+    store = stage_features(cfg, paths, ds_dir, content)
+    tick("features", t)
+    t = time.time()
+    frame = stage_training_frame(cfg, paths, ds, store, cutoff, extra=extra)
+    # the Hopit.ai column is an experiment arm, never a feature of the production model
+    prod_frame = frame.drop(columns=[c for c in frame.columns if c.startswith("ce_purchase")])
+    tick("training_frame", t)
+
+    setup_tracking(cfg.tracking.uri, cfg.tracking.experiment)
+    train_cfg = cfg.train.model_copy(update={"seed": cfg.seed})
+    t = time.time()
+    tune_cfg = cfg.tune.model_copy(update={"storage": cfg.tune.storage})
+    _log(f"stage tune: Optuna study '{tune_cfg.study_name}' ({tune_cfg.n_trials} trials)")
+    from ltr.rankers import split_frame
+    train_part, test_part = split_frame(prod_frame, "query_id", [1 - train_cfg.test_fraction,
+                                                                 train_cfg.test_fraction], cfg.seed)
+    tres = tune(train_part, train_cfg, tune_cfg, track=cfg.tracking.enabled, out_dir=paths.reports)
+    tick("tune", t)
+    op = tres.tuned
+    chosen = train_cfg.model_copy(update={"target": train_cfg.target.model_copy(update={
+        "alpha": op.alpha, "beta": op.beta, "blend_weight": op.blend_weight})})
+    t = time.time()
+    _log(f"stage train: XGBoost LambdaMART at the operating point alpha={op.alpha:.3g} beta={op.beta:.3g} "
+         f"blend={op.blend_weight:.3g}")
+    res = train_and_evaluate(train_part, chosen, test_frame=test_part)
+    run_id, model_uri = log_training_run(res, run_name="champion-candidate", label_source=cfg.labels.backend,
+                                         extra_params={"dataset": str(ds_dir), "cutoff": str(cutoff)})
+    version = register_model(model_uri, cfg.tracking.model_name) if model_uri else None
+    tick("train_register", t)
+    summary: dict[str, Any] = {"run_dir": str(paths.root), "dataset": str(ds_dir), "cutoff": str(cutoff),
+                               "engagement_simulated": ds.engagement_simulated,
+                               "labels": label_summary.get("calibration", {}),
+                               "operating_point": op.model_dump(), "test_metrics": res.metrics,
+                               "model_uri": f"models:/{cfg.tracking.model_name}@champion",
+                               "model_version": version, "mlflow_run_id": run_id}
+    (paths.reports / "train_metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+
+    if not skip_experiments:
+        t = time.time()
+        ecfg = cfg.experiments.model_copy(update={"tuned": op})
+        md, result = run_experiments(frame, ecfg, track=cfg.tracking.enabled,
+                                     notes=[f"dataset: {ds_dir} (engagement "
+                                            f"{'simulated' if ds.engagement_simulated else 'logged'})"])
+        (paths.reports / "experiments.md").write_text(md)
+        (paths.reports / "experiments.json").write_text(json.dumps(result, indent=2) + "\n")
+        summary["experiments_claim"] = result.get("claim")
+        tick("experiments", t)
+        print(md)
+
+    esci = cfg.evaluate.esci_dir or default_esci_dir()
+    if esci is not None and Path(esci).exists() and cfg.tracking.enabled:
+        t = time.time()
+        from ltr.evaluate import evaluate_dataset
+        _log(f"stage evaluate: champion on {esci} (never seen in training; engagement features absent)")
+        ev = evaluate_dataset(esci, summary["model_uri"], paths.reports / "evaluate_esci.json",
+                              ce_path=paths.ce / "llm_fold0")
+        summary["evaluate_esci"] = {k: v for k, v in ev.items() if not isinstance(v, (dict, list))}
+        tick("evaluate", t)
+    summary["timings_s"] = timings
+    summary["total_s"] = round(time.time() - t0, 1)
+    (paths.reports / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def default_esci_dir() -> Path | None:
+    import os
+    env = os.environ.get("LTR_ESCI_DIR")
+    if env:
+        return Path(env)
+    p = Path(__file__).resolve().parents[2] / "shared" / "data" / "esci"
+    return p if p.exists() else None

@@ -1,0 +1,110 @@
+"""Build the model's feature frame for (query, candidates): online store first, request-time features for
+what the store lacks, NaN for the rest (engagement of never-shown pairs, as in training).
+
+Per feature family, a row whose store values are all missing (a pair never built offline: a new query,
+a new product) is computed on demand with features/ondemand.py, which uses the offline functions, so
+the values match what training saw.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+
+from features.ondemand import FAMILIES, OnDemandFeatures, family_of
+from ltr.data.schemas import query_id
+
+from .model import ServingError
+
+Source = Literal["store", "ondemand", "store+ondemand", "missing"]
+
+
+class FeatureAssembler:
+    """features: the model's feature list (order kept); ondemand / store: either may be None."""
+
+    def __init__(self, features: Sequence[str], ondemand: OnDemandFeatures | None = None, store: Any = None,
+                 on_missing: Literal["error", "nan"] = "nan") -> None:
+        self.features = list(features)
+        if not self.features:
+            raise ServingError("the model has an empty feature list. Fix: register a model logged with "
+                               "ltr.tracking.log_ranker.")
+        self.ondemand, self.store = ondemand, store
+        store_feats: set[str] = set()
+        if store is not None:
+            store_feats = {r.split(":", 1)[1] for r in store.feature_refs()}
+        od = set(ondemand.available(self.features)) if ondemand is not None else set()
+        self.store_features = [f for f in self.features if f in store_feats]
+        self.sources: dict[str, Source] = {}
+        for f in self.features:
+            s, o = f in store_feats, f in od
+            self.sources[f] = "store+ondemand" if s and o else "store" if s else "ondemand" if o else "missing"
+        self.missing = [f for f, s in self.sources.items() if s == "missing"]
+        if self.missing and on_missing == "error":
+            hint = []
+            if any(family_of(f) == "ce" for f in self.missing):
+                hint.append("pass cross_encoder=DIR (or log it as the 'cross_encoder' artifact of the model's run)")
+            if any(family_of(f) == "bienc" for f in self.missing):
+                hint.append("pass bi_encoder='default' or a model dir")
+            if any(family_of(f) is None for f in self.missing):
+                hint.append("give a features_dir whose online store holds them")
+            raise ServingError(f"the model uses feature(s) {self.missing} that neither the online store nor the "
+                               f"request-time features can provide. Fix: {'; '.join(hint)}; or allow them to be "
+                               "NaN (on_missing='nan').")
+        self._od_by_family: dict[str, list[str]] = {}
+        for f in self.features:
+            if self.sources[f] in ("ondemand", "store+ondemand"):
+                self._od_by_family.setdefault(family_of(f), []).append(f)
+
+    def describe(self) -> dict[str, Any]:
+        return {"features": self.features, "sources": self.sources, "missing": self.missing}
+
+    def warm(self) -> None:
+        if self.ondemand is not None:
+            self.ondemand.warm([f for fs in self._od_by_family.values() for f in fs])
+
+    def _fill_ondemand(self, X: pd.DataFrame, pairs: pd.DataFrame, used_store: bool, progress: bool = False) -> None:
+        for fam, feats in self._od_by_family.items():
+            in_store = [f for f in feats if self.sources[f] == "store+ondemand"] if used_store else []
+            rows = (X[in_store].isna().all(axis=1).to_numpy() if in_store else np.ones(len(X), bool))
+            if not rows.any():
+                continue
+            got = self.ondemand.compute(pairs.loc[rows], feats, progress=progress)
+            for f in feats:
+                X.loc[rows, f] = got[f].to_numpy()
+
+    def frame(self, query: str, product_ids: Sequence[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """(features in model order, one row per product id; info {store: ok|error|none, store_error})."""
+        n = len(product_ids)
+        X = pd.DataFrame(np.full((n, len(self.features)), np.nan), columns=self.features)
+        info: dict[str, Any] = {"store": "none"}
+        used_store = False
+        if self.store is not None and self.store_features:
+            try:
+                online = self.store.get_online_features(query_id(query), list(product_ids))
+                for f in self.store_features:
+                    X[f] = online[f].to_numpy(dtype=np.float64)
+                info["store"], used_store = "ok", True
+            except Exception as e:  # noqa: BLE001 - degrade to request-time features, counted by the service
+                info["store"], info["store_error"] = "error", f"{type(e).__name__}: {e}"
+        pairs = pd.DataFrame({"query": [query] * n, "product_id": list(product_ids)})
+        self._fill_ondemand(X, pairs, used_store)
+        return X, info
+
+    def frame_pairs(self, pairs: pd.DataFrame, progress: bool = False) -> pd.DataFrame:
+        """Features for many (query text, product_id) rows at once (evaluation): batched on-demand compute,
+        per-query store reads when a store is given."""
+        X = pd.DataFrame(np.full((len(pairs), len(self.features)), np.nan), columns=self.features)
+        pairs = pairs.reset_index(drop=True)
+        used_store = False
+        if self.store is not None and self.store_features:
+            for q, rows in pairs.groupby("query", sort=False).groups.items():
+                online = self.store.get_online_features(query_id(q), list(pairs.loc[rows, "product_id"]))
+                for f in self.store_features:
+                    X.loc[rows, f] = online[f].to_numpy(dtype=np.float64)
+            used_store = True
+        self._fill_ondemand(X, pairs, used_store, progress)
+        return X
+
+
+__all__ = ["FeatureAssembler", "FAMILIES"]

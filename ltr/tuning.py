@@ -1,0 +1,258 @@
+"""Optuna multi-objective search (content NDCG@k, engagement metric) over the label transform (alpha, beta,
+blend weight) and a few XGBoost parameters.
+
+- Storage is an Optuna RDB (sqlite by default), so a killed study resumes: `n_trials` is the target number
+  of finished trials, and a re-run only adds the missing ones.
+- Trials are scored on a tuning split of the *training* queries (grouped by query), never on test queries.
+- Each trial is a nested MLflow run under one parent run that also holds the Pareto plot.
+- Operating point rule (stated, default tolerance 1%): among finished trials whose engagement is at least
+  (1 - tolerance) x the engagement of the engagement-only model (blend weight 0, default model parameters,
+  same splits), take the one with the best content NDCG. If none qualifies, take the trial with the best
+  engagement and report `constraint_met=False`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .rankers import split_frame
+from .train import evaluate_ranker, feature_columns, fit_ranker
+from .train_config import TrainConfig, TuneConfig, TunedParams
+
+
+class TuningError(ValueError):
+    """Bad tuning input; the message names the field and the fix."""
+
+
+@dataclass
+class TuneResult:
+    study: Any
+    trials: pd.DataFrame
+    baseline: dict[str, float]
+    operating_point: dict[str, Any]
+    tuned: TunedParams
+    best_config: TrainConfig
+    plot_path: Path | None
+    parent_run_id: str | None
+
+
+def trial_config(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
+    """A copy of `base` with a trial's parameters applied."""
+    d = base.model_dump()
+    for k in ("alpha", "beta", "blend_weight"):
+        if k in params:
+            d["target"][k] = params[k]
+    for k in ("learning_rate", "max_depth", "min_child_weight"):
+        if k in params:
+            d["model"][k] = params[k]
+    return TrainConfig.model_validate(d)
+
+
+def _score(cfg: TrainConfig, fit_part: pd.DataFrame, tune_part: pd.DataFrame, feats: list[str]) -> dict[str, float]:
+    model = fit_ranker(fit_part, cfg, feats)
+    summary, _ = evaluate_ranker(model, tune_part, cfg)
+    content, eng = summary.get(f"ndcg@{cfg.k}", np.nan), summary.get(cfg.engagement_metric, np.nan)
+    if not (np.isfinite(content) and np.isfinite(eng)):
+        raise TuningError(f"tuning split gives no {'content NDCG' if not np.isfinite(content) else cfg.engagement_metric}."
+                          f" Fix: the frame needs '{cfg.columns.grade}' and the held-out engagement columns "
+                          "for the tuning queries.")
+    return summary
+
+
+def _storage(url: str):
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def pareto_mask(content: np.ndarray, engagement: np.ndarray) -> np.ndarray:
+    """True for points no other point beats on both objectives (maximize both)."""
+    c, e = np.asarray(content), np.asarray(engagement)
+    keep = np.ones(len(c), bool)
+    for i in range(len(c)):
+        dom = (c >= c[i]) & (e >= e[i]) & ((c > c[i]) | (e > e[i]))
+        keep[i] = not dom.any()
+    return keep
+
+
+def choose_operating_point(trials: pd.DataFrame, baseline_engagement: float, tolerance: float = 0.01) -> dict[str, Any]:
+    """Best content with engagement >= (1 - tolerance) * baseline; else best engagement (constraint_met=False)."""
+    if trials.empty:
+        raise TuningError("no finished trials. Fix: run at least one trial (n_trials >= 1).")
+    floor = (1 - tolerance) * baseline_engagement
+    ok = trials[trials["engagement"] >= floor]
+    if len(ok):
+        row = ok.sort_values(["content", "engagement", "number"], ascending=[False, False, True]).iloc[0]
+        met = True
+    else:
+        row = trials.sort_values(["engagement", "content", "number"], ascending=[False, False, True]).iloc[0]
+        met = False
+    return {"number": int(row["number"]), "content": float(row["content"]), "engagement": float(row["engagement"]),
+            "params": {k[len("params_"):]: row[k] for k in trials.columns if k.startswith("params_")},
+            "constraint_met": met, "engagement_floor": float(floor),
+            "rule": f"max content NDCG s.t. engagement >= (1 - {tolerance}) x engagement-only model"}
+
+
+def pareto_figure(trials: pd.DataFrame, baseline: dict[str, float], op: dict[str, Any], content_name: str,
+                  engagement_name: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    p = trials[trials["pareto"]].sort_values("content")
+    ax.scatter(trials["content"], trials["engagement"], c="lightgray", label="trials")
+    ax.plot(p["content"], p["engagement"], "o-", c="tab:blue", label="Pareto front")
+    ax.scatter([baseline["content"]], [baseline["engagement"]], marker="s", c="tab:red", label="engagement-only")
+    ax.axhline(op["engagement_floor"], ls="--", c="tab:red", lw=0.8, label="engagement floor")
+    ax.scatter([op["content"]], [op["engagement"]], marker="*", s=250, c="gold", edgecolors="k",
+               label=f"operating point (#{op['number']})")
+    ax.set_xlabel(content_name)
+    ax.set_ylabel(engagement_name)
+    ax.legend(fontsize=8)
+    ax.set_title("content vs engagement")
+    fig.tight_layout()
+    return fig
+
+
+def _sampler(cfg: TuneConfig, seed: int):
+    import optuna
+
+    if cfg.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if cfg.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+
+
+def tune(frame: pd.DataFrame, train_cfg: TrainConfig | None = None, tune_cfg: TuneConfig | None = None,
+         track: bool = True, out_dir: str | Path | None = None) -> TuneResult:
+    """Run (or resume) the study on the training frame; see the module docstring for the rules."""
+    import optuna
+    from tqdm.auto import tqdm
+
+    train_cfg, tune_cfg = train_cfg or TrainConfig(), tune_cfg or TuneConfig()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cols = train_cfg.columns
+    fit_part, tune_part = split_frame(frame, cols.query_id, [1 - tune_cfg.tuning_fraction, tune_cfg.tuning_fraction],
+                                      train_cfg.seed)
+    feats = feature_columns(fit_part, train_cfg)
+    k, eng_name = f"ndcg@{train_cfg.k}", train_cfg.engagement_metric
+
+    study = optuna.create_study(study_name=tune_cfg.study_name, storage=_storage(tune_cfg.storage),
+                                directions=["maximize", "maximize"], load_if_exists=True,
+                                sampler=_sampler(tune_cfg, train_cfg.seed))
+    from .tracking import frame_fingerprint
+
+    fp = frame_fingerprint(frame)
+    prev_fp = study.user_attrs.get("frame_fingerprint")
+    if prev_fp is not None and prev_fp != fp:
+        raise TuningError(f"study {tune_cfg.study_name!r} was run on a different training frame "
+                          f"({prev_fp} != {fp}); continuing would mix results. Fix: use a new study_name.")
+    study.set_user_attr("frame_fingerprint", fp)
+    study.set_user_attr("objectives", [k, eng_name])
+
+    base_cfg = trial_config(train_cfg, {"blend_weight": 0.0})
+    if "baseline" in study.user_attrs:
+        baseline = study.user_attrs["baseline"]
+    else:
+        s = _score(base_cfg, fit_part, tune_part, feats)
+        baseline = {"content": s[k], "engagement": s[eng_name]}
+        study.set_user_attr("baseline", baseline)
+
+    mlflow = None
+    parent = None
+    if track:
+        import mlflow as _mlflow
+
+        from .tracking import log_config, log_metrics, setup_tracking
+        mlflow = _mlflow
+        from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+        if not is_tracking_uri_set():
+            setup_tracking()  # the default sqlite store, never MLflow's implicit ./mlruns file store
+        parent = _mlflow.start_run(run_name=f"tune:{tune_cfg.study_name}")
+        log_config(tune_cfg, "tune_config.json")
+        log_config(train_cfg, "train_config.json")
+        _mlflow.set_tags({"train_fingerprint": fp, "optuna_study": tune_cfg.study_name, "engagement_metric": eng_name})
+        log_metrics({"baseline_content": baseline["content"], "baseline_engagement": baseline["engagement"]})
+
+    t = tune_cfg
+
+    def objective(trial) -> tuple[float, float]:
+        params = {"alpha": trial.suggest_float("alpha", *t.alpha_range, log=True),
+                  "beta": trial.suggest_float("beta", *t.beta_range),
+                  "blend_weight": trial.suggest_float("blend_weight", *t.blend_weight_range)}
+        if t.tune_model_params:
+            params["learning_rate"] = trial.suggest_float("learning_rate", *t.learning_rate_range, log=True)
+            params["max_depth"] = trial.suggest_int("max_depth", *t.max_depth_range)
+            params["min_child_weight"] = trial.suggest_float("min_child_weight", *t.min_child_weight_range, log=True)
+        cfg = trial_config(train_cfg, params)
+        s = _score(cfg, fit_part, tune_part, feats)
+        for name, v in s.items():
+            if np.isfinite(v):
+                trial.set_user_attr(name, float(v))
+        if mlflow is not None and t.log_trials:
+            from .tracking import log_metrics as _lm
+            with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
+                mlflow.log_params({**params, "trial": trial.number})
+                _lm(s)
+        return float(s[k]), float(s[eng_name])
+
+    try:
+        done = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
+        todo = max(0, t.n_trials - len(done))
+        if not study.trials:
+            d = train_cfg.target
+            first = {"alpha": float(np.clip(d.alpha or 10.0, *t.alpha_range)), "beta": float(np.clip(d.beta, *t.beta_range)),
+                     "blend_weight": float(np.clip(d.blend_weight, *t.blend_weight_range))}
+            if t.tune_model_params:
+                m = train_cfg.model
+                first.update(learning_rate=float(np.clip(m.learning_rate, *t.learning_rate_range)),
+                             max_depth=int(np.clip(m.max_depth, *t.max_depth_range)),
+                             min_child_weight=float(np.clip(m.min_child_weight, *t.min_child_weight_range)))
+            study.enqueue_trial(first)
+        if todo:
+            with tqdm(total=todo, desc="optuna trials", disable=todo < 3) as bar:
+                study.optimize(objective, n_trials=todo, callbacks=[lambda st, tr: bar.update(1)])
+
+        finished = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
+        rows = [{"number": tr.number, "content": tr.values[0], "engagement": tr.values[1],
+                 **{f"params_{p}": v for p, v in tr.params.items()}} for tr in finished]
+        trials = pd.DataFrame(rows)
+        trials["pareto"] = pareto_mask(trials["content"].to_numpy(), trials["engagement"].to_numpy())
+        op = choose_operating_point(trials, baseline["engagement"], t.engagement_tolerance)
+        op["baseline"] = baseline
+        best_cfg = trial_config(train_cfg, op["params"])
+        tuned = TunedParams(alpha=best_cfg.target.alpha or 10.0, beta=best_cfg.target.beta,
+                            blend_weight=best_cfg.target.blend_weight)
+        fig = pareto_figure(trials, baseline, op, k, eng_name)
+        plot_path = None
+        if out_dir is not None:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            plot_path = out / "pareto.png"
+            fig.savefig(plot_path, dpi=120)
+            trials.to_csv(out / "trials.csv", index=False)
+        if mlflow is not None:
+            mlflow.log_figure(fig, "pareto.png")
+            mlflow.log_dict(trials.to_dict(orient="records"), "trials.json")
+            mlflow.log_dict({k2: v for k2, v in op.items()}, "operating_point.json")
+            mlflow.log_params({f"op.{p}": v for p, v in op["params"].items()})
+            log_metrics({"op_content": op["content"], "op_engagement": op["engagement"],
+                         "op_constraint_met": float(op["constraint_met"]), "n_trials": float(len(trials))})
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+        return TuneResult(study, trials, baseline, op, tuned, best_cfg, plot_path,
+                          parent.info.run_id if parent is not None else None)
+    finally:
+        if parent is not None:
+            mlflow.end_run()
+
+
+logging.getLogger("optuna").setLevel(logging.WARNING)

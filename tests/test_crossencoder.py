@@ -1,0 +1,199 @@
+"""Cross-encoder: tiny fine-tune, HF/sentence-transformers compatibility, fast scoring, bad input."""
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pydantic import ValidationError
+from scipy.stats import spearmanr
+
+from features.crossencoder import (META_FILE, CrossEncoderConfig, CrossEncoderScorer, _length_batches,
+                                   fine_tune_cross_encoder, ndcg_at_k, score_pairs)
+from features.text import pair_texts
+from ltr.data.models import default_encoder_path
+
+torch.set_num_threads(2)
+
+COLORS = ["red", "blue", "green", "black", "white", "yellow"]
+ITEMS = ["shoes", "mug", "lamp", "backpack", "towel", "chair"]
+
+
+def tiny_world() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """6 queries x 6 candidates: the product whose title matches the query is graded 1, half-matches 0.33."""
+    rng = np.random.default_rng(0)
+    products, queries, pairs = [], [], []
+    for c in COLORS:
+        for it in ITEMS:
+            products.append({"product_id": f"{c}-{it}", "title": f"{c.title()} {it} deluxe", "brand": "Acme",
+                             "color": c, "category": f"Home > {it}", "description": None, "bullet_points": None})
+    for qi, (c, it) in enumerate(zip(COLORS, ITEMS)):
+        qid = f"q{qi}"
+        queries.append({"query_id": qid, "query": f"{c} {it}"})
+        cands = {f"{c}-{it}"} | {f"{c}-{x}" for x in rng.choice(ITEMS, 2)} | \
+            {f"{x}-{it}" for x in rng.choice(COLORS, 2)} | {f"{rng.choice(COLORS)}-{rng.choice(ITEMS)}"}
+        for pid in sorted(cands):
+            pc, pit = pid.split("-")
+            score = 1.0 if (pc, pit) == (c, it) else (0.33 if pit == it else 0.0)
+            pairs.append({"query_id": qid, "product_id": pid, "score": score})
+    return pd.DataFrame(pairs), pd.DataFrame(products), pd.DataFrame(queries)
+
+
+TINY = CrossEncoderConfig(max_length=32, epochs=1, queries_per_batch=2, val_fraction=0.34, freeze_layers=4,
+                          head_lr=1e-2, lr=1e-4)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return tiny_world()
+
+
+@pytest.fixture(scope="module")
+def trained(world, tmp_path_factory):
+    pairs, products, queries = world
+    out = tmp_path_factory.mktemp("ce") / "model"
+    meta = fine_tune_cross_encoder(pairs, products, queries, out, TINY, seed=3, progress=False)
+    return out, meta
+
+
+def test_saved_as_hf_cross_encoder_with_metadata(trained, world):
+    out, meta = trained
+    for f in ("config.json", "model.safetensors", "tokenizer.json", META_FILE):
+        assert (out / f).exists(), f
+    cfg = json.loads((out / "config.json").read_text())
+    assert len(cfg.get("id2label", {"0": "LABEL_0"})) == 1
+    assert cfg["architectures"] == ["BertForSequenceClassification"]
+    disk = json.loads((out / META_FILE).read_text())
+    assert disk["version"] == meta["version"] and disk["version"].startswith("ce-")
+    assert disk["config"]["max_length"] == 32 and disk["seed"] == 3
+    m = disk["metrics"]
+    assert m["n_val_queries"] == 2 and m["n_train_queries"] == 4
+    assert m["n_train_pairs"] + m["n_val_pairs"] == len(world[0])
+    assert 0.0 <= m["val_ndcg_at_k"] <= 1.0 and m["steps"] == 2
+    # validation queries never trained on
+    train_q = set(world[0]["query_id"]) - set(disk["val_query_ids"])
+    assert len(train_q) == 4
+
+
+def test_sentence_transformers_loads_same_weights(trained, world):
+    from sentence_transformers import CrossEncoder
+
+    out, _ = trained
+    pairs, products, queries = world
+    qs, ts = pair_texts(pairs, products, queries)
+    ours = CrossEncoderScorer(out).score(qs, ts, batch_size=7)
+    ref = CrossEncoder(str(out), device="cpu").predict(list(zip(qs, ts)), batch_size=16, show_progress_bar=False)
+    assert np.abs(ours - ref).max() < 1e-4
+    assert ours.std() > 0  # a real model, not a constant
+
+
+def test_length_bucketing_is_order_and_batch_invariant(trained, world):
+    out, _ = trained
+    pairs, products, queries = world
+    qs, ts = pair_texts(pairs, products, queries, fields=("title", "bullet_points"))
+    ts = [t + " extra words" * (i % 5) for i, t in enumerate(ts)]  # varied lengths
+    sc = CrossEncoderScorer(out, activation="none")
+    a = sc.score(qs, ts, batch_size=64)
+    b = sc.score(qs, ts, batch_size=1)
+    perm = np.random.default_rng(1).permutation(len(qs))
+    c = sc.score([qs[i] for i in perm], [ts[i] for i in perm], batch_size=5)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(a[perm], c, atol=1e-4)
+    assert sc.score([], []).shape == (0,)
+
+
+def test_cached_frozen_bottom_gives_the_same_logits(world):
+    from features.crossencoder import _collate, _frozen_states, _tokenize_pairs, _top_forward, load_base_cross_encoder
+
+    pairs, products, queries = world
+    qs, ts = pair_texts(pairs, products, queries)
+    model, tok = load_base_cross_encoder(None, 32)
+    model.eval()
+    enc = _tokenize_pairs(tok, qs, ts, 32)
+    states, _ = _frozen_states(model, enc, 4, 0, 16, False)
+    idx = list(range(12))
+    with torch.inference_mode():
+        a = _top_forward(model, states, idx, 4)
+        b = model(**_collate(enc, idx, 0)).logits[:, 0]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_length_batches_respect_limits():
+    lengths = [5, 30, 12, 30, 7, 8, 29]
+    bs = _length_batches(lengths, batch_size=3, max_tokens=64)
+    assert sorted(np.concatenate(bs).tolist()) == list(range(7))
+    for b in bs:
+        assert len(b) <= 3 and max(lengths[i] for i in b) * len(b) <= 64 or len(b) == 1
+    widths = [max(lengths[i] for i in b) for b in bs]
+    assert widths == sorted(widths, reverse=True)
+
+
+def test_score_pairs_feature_table(trained, world):
+    out, _ = trained
+    pairs, products, queries = world
+    df = score_pairs(pairs[["query_id", "product_id"]], products, queries, CrossEncoderScorer(out))
+    assert list(df.columns) == ["query_id", "product_id", "ce_score"]
+    assert len(df) == len(pairs) and df["ce_score"].between(0, 1).all()
+
+
+def test_onnx_backends_match_torch(trained, world, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    out, _ = trained
+    pairs, products, queries = world
+    qs, ts = pair_texts(pairs, products, queries)
+    ref = CrossEncoderScorer(out, activation="none").score(qs, ts)
+    fp32 = CrossEncoderScorer(out, backend="onnx", activation="none", onnx_dir=tmp_path).score(qs, ts)
+    assert np.abs(fp32 - ref).max() < 1e-3
+    q8 = CrossEncoderScorer(out, backend="onnx-int8", activation="none", onnx_dir=tmp_path).score(qs, ts)
+    assert spearmanr(q8, ref).statistic > 0.9
+    assert len(list(tmp_path.glob("*.onnx"))) == 2  # cached exports
+
+
+def test_bad_input_is_rejected_and_leaves_saved_model_intact(trained, world):
+    out, meta = trained
+    pairs, products, queries = world
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="missing column"):
+        fine_tune_cross_encoder(pairs.drop(columns="score"), products, queries, out, TINY, progress=False)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fine_tune_cross_encoder(pairs.assign(score=pairs["score"] * 3), products, queries, out, TINY,
+                                progress=False)
+    with pytest.raises(ValueError, match="duplicate"):
+        fine_tune_cross_encoder(pd.concat([pairs, pairs.head(1)]), products, queries, out, TINY, progress=False)
+    with pytest.raises(KeyError, match="product_id"):
+        fine_tune_cross_encoder(pairs.assign(product_id=[f"nope{i}" for i in range(len(pairs))]), products, queries, out, TINY, progress=False)
+    with pytest.raises(ValidationError, match="extra_forbidden|Extra inputs"):
+        CrossEncoderConfig(max_len=32)
+    with pytest.raises(ValidationError, match="text_fields"):
+        CrossEncoderConfig(text_fields=("title", "price"))
+    assert (out / "model.safetensors").read_bytes() == before
+    assert json.loads((out / META_FILE).read_text())["version"] == meta["version"]
+
+
+def test_scorer_refuses_encoder_without_head(tmp_path):
+    with pytest.raises(ValueError, match="classification head"):
+        CrossEncoderScorer(default_encoder_path())
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        CrossEncoderScorer(tmp_path)
+
+
+def test_ndcg_at_k():
+    assert ndcg_at_k(["a"] * 3, [1, 0, 0], [3, 2, 1], k=10) == pytest.approx(1.0)
+    assert ndcg_at_k(["a"] * 2, [0, 1], [1, 0], k=1) == pytest.approx(0.0)
+    assert ndcg_at_k(["a", "a", "b", "b"], [1, 0, 1, 0], [1, 0, 0, 1], k=2) == pytest.approx((1 + 1 / np.log2(3)) / 2)
+
+
+@pytest.mark.slow
+def test_fine_tuning_learns_the_tiny_world(world, tmp_path):
+    pairs, products, queries = world
+    cfg = TINY.model_copy(update={"epochs": 6, "val_fraction": 0.0, "freeze_layers": 2, "cache_frozen": False})
+    fine_tune_cross_encoder(pairs, products, queries, tmp_path / "m", cfg, seed=0, progress=False)
+    qs, ts = pair_texts(pairs, products, queries)
+    s = CrossEncoderScorer(tmp_path / "m").score(qs, ts)
+    assert ndcg_at_k(pairs["query_id"], pairs["score"], s, k=3) > 0.9

@@ -1,0 +1,256 @@
+"""The ranking service, end to end with real parts: a real Feast store (SQLite online), a real XGBoost model
+registered in a temp MLflow sqlite store (alias champion, cross-encoder logged with it), a tiny random
+BERT as cross- and bi-encoder, FastAPI's TestClient and one uvicorn server on a real 127.0.0.1 socket."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from features import biencoder, crossencoder
+from features.build import build_features
+from features.config import FeaturesConfig
+from features.lexical import LEXICAL_FEATURES, lexical_features
+from features.ondemand import ONDEMAND_FEATURES, LRUCache, OnDemandFeatures
+from features.product import PRODUCT_FEATURES, product_features
+from features.store import LtrStore
+from ltr import tracking as T
+from ltr.data.dataset import Dataset
+from ltr.data.schemas import query_id
+from ltr.serving.app import create_app
+from ltr.serving.demo import demo_dataset, save_encoder, train_and_register
+from ltr.serving.model import ServingError
+
+torch.set_num_threads(2)
+ENG = ["eng_qp_ctr_7d", "eng_qp_impr_28d", "eng_p_ctr_28d"]
+FEATURES = list(ONDEMAND_FEATURES) + ENG
+MAX = 40
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    ds_dir = demo_dataset(root / "ds", seed=0)
+    ce = save_encoder(root / "ce")
+    feat = root / "features"
+    build_features(ds_dir, feat, FeaturesConfig(families=["lexical", "product", "engagement"]), progress=False)
+    store = LtrStore(feat).apply()
+    store.bulk_materialize(progress=False)
+    ds = Dataset.load(ds_dir)
+    j = ds.judgments
+    od = OnDemandFeatures(ds.products, ce, ce)
+    X = od.compute(j[["query", "product_id"]])[list(ONDEMAND_FEATURES)]
+    eng = pd.concat([store.get_online_features(q, list(g["product_id"])).set_index(g.index)
+                     for q, g in j.groupby("query_id")]).loc[j.index, ENG]
+    X = pd.concat([X, eng.reset_index(drop=True)], axis=1)
+    with T.using_tracking(f"sqlite:///{root}/mlflow.db", "serving-test", (root / "artifacts").as_uri()):
+        uri = train_and_register(X, j["grade"], j["query_id"], "ltr-serving-test", cross_encoder=ce)
+        app = create_app(uri, feat, products=None, bi_encoder=ce, log_dir=root / "logs", max_candidates=MAX)
+        yield {"root": root, "ds": ds, "ce": ce, "feat": feat, "uri": uri, "app": app, "store": store}
+
+
+@pytest.fixture(scope="module")
+def client(world):
+    with TestClient(world["app"]) as c:
+        yield c
+
+
+def _cands(world, q):
+    j = world["ds"].judgments
+    return list(j.loc[j["query"] == q, "product_id"])
+
+
+def _offline_frame(world, q, pids):
+    """The model's features for (q, pids) by the *offline* code paths: build's parquet views, score_pairs."""
+    ds, feat, ce = world["ds"], world["feat"], world["ce"]
+    qid = query_id(q)
+    pairs = pd.DataFrame({"query_id": qid, "product_id": pids})
+    queries = pd.DataFrame({"query_id": [qid], "query": [q]})
+    lex = lexical_features(pairs, queries, ds.products, progress=False)
+    prod = product_features(ds.products).set_index("product_id").loc[pids].reset_index(drop=True)
+    scorer = crossencoder.CrossEncoderScorer(ce)
+    cs = crossencoder.score_pairs(pairs, ds.products, queries, scorer)
+    bi = biencoder.score_pairs(pairs, ds.products, queries, encoder=biencoder.BiEncoder(ce))
+    qp = pd.read_parquet(feat / "engagement_qp.parquet").sort_values("event_timestamp")
+    qp = qp.drop_duplicates(["query_id", "product_id"], keep="last").set_index(["query_id", "product_id"])
+    p = pd.read_parquet(feat / "engagement_product.parquet").sort_values("event_timestamp")
+    p = p.drop_duplicates("product_id", keep="last").set_index("product_id")
+    out = pd.concat([lex[list(LEXICAL_FEATURES)], prod[list(PRODUCT_FEATURES)]], axis=1)
+    out["bienc_cos"], out["ce_score"] = bi["bienc_cos"].to_numpy(), cs["ce_score"].to_numpy()
+    for f in ENG:
+        src = qp if f.startswith("eng_qp") else p
+        key = [(qid, x) for x in pids] if f.startswith("eng_qp") else pids
+        out[f] = src[f].reindex(key).to_numpy()
+    return out[FEATURES]
+
+
+def _log_lines(world):
+    return [json.loads(x) for f in sorted((world["root"] / "logs").glob("served-*.jsonl"))
+            for x in f.read_text().splitlines()]
+
+
+def test_rank_equals_model_on_offline_features(world, client):
+    q = world["ds"].judgments["query"].iloc[0]
+    pids = _cands(world, q)
+    r = client.post("/v1/rank", json={"query": q, "product_ids": pids, "request_id": "req-offline"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["store"] == "ok" and body["model_version"] == "1" and body["n_candidates"] == len(pids)
+    scores = [x["score"] for x in body["results"]]
+    assert scores == sorted(scores, reverse=True) and [x["rank"] for x in body["results"]] == list(range(1, len(pids) + 1))
+    assert sorted(x["product_id"] for x in body["results"]) == sorted(pids)
+    offline = _offline_frame(world, q, pids)
+    expected = T.load_model(world["uri"]).predict(offline, missing="nan")
+    got = {x["product_id"]: x["score"] for x in body["results"]}
+    assert np.allclose([got[p] for p in pids], expected, rtol=1e-5, atol=1e-6)
+    line = [x for x in _log_lines(world) if x["request_id"] == "req-offline"][0]
+    served = pd.DataFrame({f: line["features"][f] for f in FEATURES}).astype(float)
+    assert np.allclose(served.to_numpy(), offline.to_numpy(), equal_nan=True, atol=1e-5)
+    assert served[ENG].notna().any().all()                      # engagement really came from the store
+
+
+def test_unseen_query_gets_request_time_features_and_nan_engagement(world, client):
+    q = "Pink YOGA mat 24 oz"                                    # not in the store: lexical etc. on demand
+    pids = list(world["ds"].products["product_id"][:20])
+    r = client.post("/v1/rank", json={"query": q, "product_ids": pids, "request_id": "req-unseen", "top_k": 5})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["results"]) == 5
+    line = [x for x in _log_lines(world) if x["request_id"] == "req-unseen"][0]
+    served = pd.DataFrame(line["features"]).astype(float)
+    offline = _offline_frame(world, q, pids)
+    assert np.allclose(served[list(ONDEMAND_FEATURES)].to_numpy(), offline[list(ONDEMAND_FEATURES)].to_numpy(),
+                       equal_nan=True, atol=1e-5)
+    assert served["eng_qp_ctr_7d"].isna().all()                 # never shown: NaN, as in training
+    assert served["eng_p_ctr_28d"].notna().any()                # product-level engagement still from the store
+    top5 = [x["product_id"] for x in r.json()["results"]]
+    full = sorted(zip(line["scores"], pids), key=lambda t: (-t[0], t[1]))
+    assert top5 == [p for _, p in full[:5]]
+
+
+@pytest.mark.parametrize("payload,field,needle", [
+    ({"query": "red backpack", "product_ids": []}, "product_ids", "empty"),
+    ({"query": "red backpack", "product_ids": [f"D{i:04d}" for i in range(MAX + 1)]}, "product_ids", "limit"),
+    ({"query": "red backpack", "product_ids": ["D0001", "NOPE-1"]}, "product_ids", "NOPE-1"),
+    ({"query": "red backpack", "product_ids": ["D0001", "D0001"]}, "product_ids", "repeats"),
+    ({"query": "   ", "product_ids": ["D0001"]}, "query", "blank"),
+    ({"product_ids": ["D0001"]}, "query", "Field required"),
+    ({"query": "x", "product_ids": ["D0001"], "top_k": 0}, "top_k", "greater than or equal"),
+    ({"query": "x", "product_ids": ["D0001"], "colour": "red"}, "colour", "Extra inputs"),
+])
+def test_bad_input_is_422_naming_the_field(world, client, payload, field, needle):
+    n_lines = len(_log_lines(world))
+    r = client.post("/v1/rank", json=payload)
+    assert r.status_code == 422
+    d = r.json()["detail"][0]
+    assert d["loc"][-1] == field and needle in d["msg"]
+    assert len(_log_lines(world)) == n_lines                    # nothing logged for rejected requests
+
+
+def test_health_and_metrics(world, client):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["store"]["ok"] is True and h["model"]["version"] == "1"
+    assert h["model"]["name"] == "ltr-serving-test" and h["features"] == FEATURES and h["missing_features"] == []
+    assert h["feature_sources"]["ce_score"] == "ondemand" and h["feature_sources"]["eng_qp_ctr_7d"] == "store"
+    assert h["feature_sources"]["lex_bm25_title"] == "store+ondemand"
+    before = client.get("/metrics").text
+    q = "blue running shoes"
+    client.post("/v1/rank", json={"query": q, "product_ids": ["D0001", "D0002"]})
+    client.post("/v1/rank", json={"query": q, "product_ids": []})
+    m = client.get("/metrics")
+    assert m.headers["content-type"].startswith("text/plain")
+
+    def val(text, name):
+        hit = [ln for ln in text.splitlines() if ln.startswith(name + " ") or ln.startswith(name + "{") and
+               ln.split(" ")[0] == name]
+        return float(hit[0].rsplit(" ", 1)[1]) if hit else 0.0
+
+    for name, inc in (('ltr_rank_requests_total{status="200"}', 1), ('ltr_rank_requests_total{status="422"}', 1),
+                      ('ltr_rank_errors_total{kind="validation"}', 1), ("ltr_rank_latency_seconds_count", 1)):
+        assert val(m.text, name) == val(before, name) + inc, name
+    assert 'ltr_model_info{name="ltr-serving-test",version="1"} 1.0' in m.text
+
+
+def test_cross_encoder_cache_hits_on_repeat(world, client):
+    od = world["app"].state.assembler.ondemand
+    body = {"query": "white desk lamp", "product_ids": ["D0003", "D0009", "D0015"]}
+    r1 = client.post("/v1/rank", json=body).json()
+    hits, misses = od.ce_cache.hits, od.ce_cache.misses
+    r2 = client.post("/v1/rank", json=body).json()
+    assert (od.ce_cache.hits, od.ce_cache.misses) == (hits + 3, misses)
+    assert r1["results"] == r2["results"]
+
+
+def test_lru_cache_evicts_least_recent():
+    c = LRUCache(2)
+    c.put("a", 1)
+    c.put("b", 2)
+    assert c.get("a") == 1
+    c.put("c", 3)                                               # evicts b, the least recently used
+    assert c.get("b") is None and c.get("a") == 1 and c.get("c") == 3 and len(c) == 2
+
+
+def test_real_http_socket(world, client):
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(world["app"], host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    try:
+        t0 = time.time()
+        while not server.started and time.time() - t0 < 20:
+            time.sleep(0.05)
+        assert server.started
+        body = {"query": "green coffee mug", "product_ids": ["D0004", "D0010", "D0016", "D0022"]}
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/rank", json=body, timeout=30)
+        assert r.status_code == 200
+        ref = client.post("/v1/rank", json=body).json()
+        assert [x["product_id"] for x in r.json()["results"]] == [x["product_id"] for x in ref["results"]]
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["status"] == "ok"
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/rank", json={"query": "x", "product_ids": []},
+                          timeout=30).status_code == 422
+    finally:
+        server.should_exit = True
+        th.join(timeout=20)
+    assert not th.is_alive()
+
+
+def test_store_failure_degrades_and_is_counted(world, tmp_path):
+    feat = tmp_path / "features"
+    shutil.copytree(world["feat"], feat, ignore=shutil.ignore_patterns("feast"))
+    broken = LtrStore(feat)                                     # never applied: the online tables do not exist
+    app = create_app(world["uri"], feat, products=world["ds"].root, store=broken, bi_encoder=world["ce"])
+    with TestClient(app) as c:
+        assert c.get("/health").json()["status"] == "degraded"
+        r = c.post("/v1/rank", json={"query": "red backpack", "product_ids": ["D0001", "D0007"]})
+        assert r.status_code == 200 and r.json()["store"] == "error"
+        assert "ltr_store_errors_total 1.0" in c.get("/metrics").text
+
+
+def test_startup_errors_name_the_fix(world, tmp_path):
+    with pytest.raises(ServingError, match="max_candidates"):
+        create_app(world["uri"], world["feat"], max_candidates=0)
+    with pytest.raises(ServingError, match="features_dir"):
+        create_app(world["uri"], tmp_path / "nope")
+    with pytest.raises(ServingError, match="config.json"):
+        create_app(world["uri"], world["feat"], cross_encoder=tmp_path)
+    with pytest.raises(ServingError, match="bi_encoder"):       # the model needs bienc_cos; no encoder given
+        create_app(world["uri"], world["feat"], bi_encoder=None)
+    with pytest.raises(ServingError, match="products"):
+        create_app(world["uri"], None)
+    with pytest.raises(T.TrackingError, match="models:/NAME@champion"):
+        create_app("models:/no-such-model@champion", world["feat"])

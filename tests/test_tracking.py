@@ -1,0 +1,87 @@
+"""ltr.tracking against a real MLflow sqlite store in a temp dir: log, register, alias, load."""
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from ltr import tracking as T
+from ltr.train import train_and_evaluate
+from ltr.train_config import TrainConfig
+from ltr.train_synthetic import synthetic_training_frame
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mlflow")
+    with T.using_tracking(f"sqlite:///{d}/mlflow.db", "ltr-test", (d / "artifacts").as_uri()) as exp_id:
+        yield d, exp_id
+
+
+@pytest.fixture(scope="module")
+def result():
+    f = synthetic_training_frame(24, 10, seed=5)
+    return train_and_evaluate(f, TrainConfig.model_validate({"model": {"n_estimators": 15, "n_jobs": 1}}))
+
+
+def test_fingerprint_is_stable_and_sensitive(result):
+    f = result.train_frame
+    assert T.frame_fingerprint(f) == T.frame_fingerprint(f.copy())
+    g = f.copy()
+    g.loc[0, "ce_score"] += 1e-9
+    assert T.frame_fingerprint(g) != T.frame_fingerprint(f)
+
+
+def test_log_register_alias_and_load(store, result):
+    d, exp_id = store
+    run_id, uri = T.log_training_run(result, run_name="unit", label_source="llm:test@v1")
+    run = MlflowClient().get_run(run_id)
+    assert run.info.experiment_id == exp_id
+    assert run.data.tags["label_source"] == "llm:test@v1"
+    assert run.data.tags["train_fingerprint"] == T.frame_fingerprint(result.train_frame)
+    assert run.data.params["target.alpha"] == "10.0" and run.data.params["model.kind"] == "xgboost"
+    assert run.data.metrics["ndcg_at_10"] == pytest.approx(result.metrics["ndcg@10"])
+    arts = {a.path for a in MlflowClient().list_artifacts(run_id)}
+    assert {"config.json", "feature_importance.json", "feature_importance.png", "features.json",
+            "per_query_metrics.csv"} <= arts
+    assert str(d) in run.info.artifact_uri                         # artifacts in the configured location
+
+    v1 = T.register_model(uri, "ltr-unit")
+    m = T.load_model("models:/ltr-unit@champion")
+    assert m.feature_names_ == result.features
+    assert np.allclose(m.predict(result.test_frame), result.model.predict(result.test_frame))
+    info = mlflow.models.get_model_info("models:/ltr-unit@champion")
+    assert [c.name for c in info.signature.inputs] == result.features
+
+    # promote a second model: the alias moves
+    _, uri2 = T.log_training_run(result, run_name="unit2")
+    v2 = T.register_model(uri2, "ltr-unit")
+    assert int(v2) == int(v1) + 1
+    assert str(MlflowClient().get_model_version_by_alias("ltr-unit", "champion").version) == v2
+
+
+def test_load_model_errors(store):
+    with pytest.raises(T.TrackingError, match="models:/NAME@champion"):
+        T.load_model("models:/does-not-exist@champion")
+
+
+def test_config_json_artifact_roundtrips(store, result, tmp_path):
+    run_id, _ = T.log_training_run(result, run_name="cfg", log_model=False)
+    p = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.json", dst_path=str(tmp_path))
+    assert TrainConfig.model_validate(json.loads(Path(p).read_text())) == result.config
+
+
+def test_lightgbm_baseline_roundtrip(store, result):
+    from ltr.rankers import LGBMLambdaMART
+    from ltr.targets import make_labels
+
+    tr = result.train_frame
+    y, _ = make_labels(tr)
+    m = LGBMLambdaMART(n_estimators=5, n_jobs=1).fit(tr[result.features], y, tr["query_id"])
+    with mlflow.start_run(run_name="lgbm"):
+        info = T.log_ranker(m, tr)
+    back = T.load_model(info.model_uri)
+    assert isinstance(back, LGBMLambdaMART) and back.feature_names_ == result.features
+    assert np.allclose(back.predict(result.test_frame), m.predict(result.test_frame))
