@@ -65,7 +65,8 @@ def prepare(work: Path, dataset: Path | None, train_queries: int, tiny: bool) ->
 
 
 def run(out: Path, dataset: Path | None, n_candidates: int = 100, n_cold: int = 40, n_warm: int = 100,
-        train_queries: int = 8, tiny: bool = False, seed: int = 0) -> dict:
+        train_queries: int = 8, tiny: bool = False, seed: int = 0, threads: int = 2,
+        precompute: bool = False, ce_backend: str = "torch", startup_timeout: float = 1200) -> dict:
     import httpx
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
@@ -85,10 +86,11 @@ def run(out: Path, dataset: Path | None, n_candidates: int = 100, n_cold: int = 
         requests.append({"query": qtext[q], "product_ids": judged + extra})
 
     port = _free_port()
-    code = ("import torch; torch.set_num_threads(2)\n"
+    code = (f"import torch; torch.set_num_threads({threads})\n"
             "from ltr.serving.server import serve\n"
             f"serve({prep['model_uri']!r}, port={port}, products={str(prep['dataset_dir'])!r}, "
             f"bi_encoder={str(prep['ce'])!r}, tracking_uri={prep['tracking']!r}, on_missing='error', "
+            f"precompute_embeddings={precompute}, ce_backend={ce_backend!r}, "
             "log_level='warning')\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(Path(__file__).resolve().parents[1]))
@@ -103,8 +105,8 @@ def run(out: Path, dataset: Path | None, n_candidates: int = 100, n_cold: int = 
                     break
             except httpx.HTTPError:
                 pass
-            if time.perf_counter() - t1 > 300:
-                raise RuntimeError("server did not come up in 300 s")
+            if time.perf_counter() - t1 > startup_timeout:
+                raise RuntimeError(f"server did not come up in {startup_timeout} s")
             time.sleep(0.25)
         startup_s = time.perf_counter() - t1
         res: dict[str, dict] = {}
@@ -127,10 +129,11 @@ def run(out: Path, dataset: Path | None, n_candidates: int = 100, n_cold: int = 
     result = {
         "benchmark": "serving /v1/rank latency over real HTTP",
         "n_candidates": n_candidates, "cross_encoder": "tiny random BERT" if tiny else "all-MiniLM-L6-v2 (fresh head)",
-        "bi_encoder": "same weights as cross_encoder", "catalog_products": int(len(ds.products)),
+        "bi_encoder": "same weights as cross_encoder", "catalog_products": len(ds.products),
         "dataset": str(prep["dataset_dir"]), "model_features": health["features"],
         "results": res, "ce_cache": health["ce_cache"], "setup_seconds": round(setup_s, 1),
-        "server_startup_seconds": round(startup_s, 1), "torch_threads": 2,
+        "server_startup_seconds": round(startup_s, 1), "torch_threads_server": threads,
+        "precompute_embeddings": precompute, "ce_backend": ce_backend,
         "loadavg_1m_at_end": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count(),
         "timestamp": pd.Timestamp.now(tz="UTC").isoformat(),
     }
@@ -147,13 +150,19 @@ def main() -> None:
     ap.add_argument("--cold", type=int, default=40, help="requests with new queries")
     ap.add_argument("--warm", type=int, default=100, help="repeated requests")
     ap.add_argument("--tiny", action="store_true", help="tiny random BERT instead of MiniLM (plumbing check)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads in the server (1 wins on a busy machine)")
+    ap.add_argument("--precompute", action="store_true", help="embed the catalog at server start")
+    ap.add_argument("--ce-backend", default="torch", choices=["torch", "torch-bf16", "onnx", "onnx-int8"])
     a = ap.parse_args()
     ds = a.dataset
     if ds is None:
         esci = Path(os.environ.get("LTR_ESCI_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "esci")
         ds = esci if (esci / "judgments.parquet").exists() else None
-    r = run(a.out, ds, a.candidates, a.cold, a.warm, tiny=a.tiny)
-    print(json.dumps({k: r[k] for k in ("results", "catalog_products", "cross_encoder", "loadavg_1m_at_end")},
+    r = run(a.out, ds, a.candidates, a.cold, a.warm, tiny=a.tiny, threads=a.threads,
+            precompute=a.precompute, ce_backend=a.ce_backend)
+    print(json.dumps({k: r[k] for k in ("results", "catalog_products", "cross_encoder", "torch_threads_server",
+                                        "precompute_embeddings", "ce_backend", "server_startup_seconds",
+                                        "loadavg_1m_at_end")},
                      indent=2))
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -110,11 +110,17 @@ class BiEncoder:
 _DEFAULT: BiEncoder | None = None
 
 
+# Feature computation truncates product text at 128 tokens (the title, brand, color, category and the
+# start of the bullets fit): ~2x faster than the model's 256 on long catalog text, and offline features
+# and request-time features both go through `default_biencoder`, so they stay identical.
+FEATURE_MAX_LENGTH = 128
+
+
 def default_biencoder() -> BiEncoder:
     """A process-wide BiEncoder on the default weights, so its cache is shared."""
     global _DEFAULT
     if _DEFAULT is None:
-        _DEFAULT = BiEncoder()
+        _DEFAULT = BiEncoder(max_length=FEATURE_MAX_LENGTH)
     return _DEFAULT
 
 

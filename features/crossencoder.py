@@ -22,8 +22,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -623,5 +624,12 @@ def _log_mlflow(meta: dict[str, Any], out_dir: Path) -> None:
     mlflow.log_artifacts(str(out_dir), artifact_path="cross_encoder")
 
 
-__all__ = ["CrossEncoderConfig", "CrossEncoderScorer", "fine_tune_cross_encoder", "score_pairs",
-           "ndcg_at_k", "load_base_cross_encoder", "META_FILE"]
+__all__ = [
+    "META_FILE",
+    "CrossEncoderConfig",
+    "CrossEncoderScorer",
+    "fine_tune_cross_encoder",
+    "load_base_cross_encoder",
+    "ndcg_at_k",
+    "score_pairs",
+]

@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -146,11 +146,12 @@ class OnDemandFeatures:
     products: the PRODUCTS table; it *is* the BM25 corpus, so pass the same catalog the offline
     features were built on. cross_encoder / bi_encoder: a model dir or a loaded
     CrossEncoderScorer / BiEncoder; None means that feature cannot be computed (bi_encoder="default"
-    loads all-MiniLM-L6-v2 on first use). Heavy state is built lazily, per feature family.
+    loads all-MiniLM-L6-v2 on first use). ce_backend: CrossEncoderScorer's backend (torch, torch-bf16,
+    onnx, onnx-int8) when cross_encoder is a path. Heavy state is built lazily, per feature family.
     """
 
     def __init__(self, products: pd.DataFrame, cross_encoder=None, bi_encoder=None,
-                 ce_cache_size: int = 100_000, batch_size: int = 64) -> None:
+                 ce_cache_size: int = 100_000, batch_size: int = 64, ce_backend: str = "torch") -> None:
         if not isinstance(products, pd.DataFrame):
             raise OnDemandError(f"products must be a DataFrame (the PRODUCTS table), got {type(products).__name__}."
                                 " Fix: pass pd.read_parquet('DATASET/products.parquet').")
@@ -166,6 +167,7 @@ class OnDemandFeatures:
         self._bi_text: dict[int, str] = {}
         self.ce_cache = LRUCache(ce_cache_size)
         self.batch_size = batch_size
+        self.ce_backend = ce_backend
         self._lock = threading.RLock()
 
     # -- what can be computed ---------------------------------------------------------------------------
@@ -199,6 +201,20 @@ class OnDemandFeatures:
         if "bienc" in fams:
             self._bi_encoder()
 
+    def precompute_product_embeddings(self, progress: bool = True) -> int:
+        """Embed every catalog product with the bi-encoder now (its cache keeps them), so a request only
+        embeds its query; returns the number of products. Costs startup time, saves most of a cold request."""
+        if not self.has_bi_encoder:
+            return 0
+        bi = self._bi_encoder()
+        texts = []
+        for d in range(len(self.products)):
+            if d not in self._bi_text:
+                self._bi_text[d] = product_text(self.products.iloc[d])
+            texts.append(self._bi_text[d])
+        bi.encode(texts, batch_size=self.batch_size, progress=progress)
+        return len(texts)
+
     # -- lazy state --------------------------------------------------------------------------------------
     def _lexical(self) -> _LexicalIndex:
         with self._lock:
@@ -218,7 +234,7 @@ class OnDemandFeatures:
             if self._ce is None:
                 from .crossencoder import CrossEncoderScorer
                 src = self._ce_src
-                self._ce = src if isinstance(src, CrossEncoderScorer) else CrossEncoderScorer(Path(src))
+                self._ce = src if isinstance(src, CrossEncoderScorer) else CrossEncoderScorer(Path(src), backend=self.ce_backend)
             return self._ce
 
     def _bi_encoder(self):
@@ -335,5 +351,15 @@ def compute_features(pairs: pd.DataFrame, products: pd.DataFrame, features: Iter
     return OnDemandFeatures(products, cross_encoder, bi_encoder).compute(pairs, features, progress=progress)
 
 
-__all__ = ["OnDemandFeatures", "OnDemandError", "LRUCache", "compute_features", "family_of", "FAMILIES",
-           "ONDEMAND_FEATURES", "CE_FEATURE", "BIENC_FEATURE", "is_engagement"]
+__all__ = [
+    "BIENC_FEATURE",
+    "CE_FEATURE",
+    "FAMILIES",
+    "ONDEMAND_FEATURES",
+    "LRUCache",
+    "OnDemandError",
+    "OnDemandFeatures",
+    "compute_features",
+    "family_of",
+    "is_engagement",
+]

@@ -79,4 +79,4 @@ def ort_session(model_dir: str | Path, model, quantize: bool = False, onnx_dir: 
     return ort.InferenceSession(str(int8 if quantize else fp32), opts, providers=["CPUExecutionProvider"])
 
 
-__all__ = ["export_onnx", "quantize_int8", "ort_session", "onnx_paths"]
+__all__ = ["export_onnx", "onnx_paths", "ort_session", "quantize_int8"]

@@ -8,7 +8,8 @@ first and the long free text (bullets, description) last, character-capped so to
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -84,4 +85,4 @@ def pair_texts(pairs: pd.DataFrame, products: pd.DataFrame, queries: pd.DataFram
     return [qmap[q] for q in pairs["query_id"]], product_texts(products, pairs["product_id"], **kwargs)
 
 
-__all__ = ["DEFAULT_FIELDS", "product_text", "product_texts", "pair_texts"]
+__all__ = ["DEFAULT_FIELDS", "pair_texts", "product_text", "product_texts"]

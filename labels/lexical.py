@@ -15,10 +15,13 @@ import numpy as np
 _TOKEN = re.compile(r"[a-z0-9]+")
 _NUM = re.compile(r"\d+(?:\.\d+)?")
 _STOP = {"for", "and", "the", "with", "a", "an", "of", "in", "to", "on", "without", "by", "&"}
+#: words that negate what follows ("bottle without straw", "not clear", "sin azucar"): ESCI has many such
+#: queries, and a plain term match rewards exactly the products the shopper excluded.
+_NEGATORS = {"without", "not", "no", "non", "sin", "except"}
 
 LEXICAL_FEATURES = ("q_in_title", "q_in_text", "q_partial_text", "brand_in_query", "has_brand",
                     "color_in_query", "num_match", "has_num", "q_len", "title_len", "bigram_title",
-                    "q_in_category")
+                    "q_in_category", "has_negation", "neg_in_title")
 
 
 def _s(v: Any) -> str:
@@ -43,7 +46,17 @@ def _frac(q: Sequence[str], bag: set[str]) -> float:
     return sum(t in bag for t in q) / len(q) if q else 0.0
 
 
+def split_negation(query: str) -> tuple[str, list[str]]:
+    """(the query before its first negator, the stemmed terms it excludes)."""
+    words = query.lower().split()
+    for i, w in enumerate(words):
+        if w.strip("-,.;:") in _NEGATORS:
+            return " ".join(words[:i]), tokens(" ".join(words[i + 1:]))
+    return query, []
+
+
 def pair_features(query: str, product: Mapping[str, Any]) -> list[float]:
+    query, negated = split_negation(query)
     q = tokens(query)
     title = tokens(_s(product.get("title")))
     text_all = " ".join(_s(product.get(k)) for k in ("title", "brand", "color", "category", "bullet_points"))
@@ -63,7 +76,8 @@ def pair_features(query: str, product: Mapping[str, Any]) -> list[float]:
     bigram = len(qb & set(zip(title, title[1:]))) / len(qb) if qb else 0.0
     cat = set(tokens(_s(product.get("category"))))
     return [_frac(q, tset), _frac(q, xset), partial, brand_in_q, float(bool(brand)), color_in_q, num_match,
-            float(bool(qnums)), math.log1p(len(q)), math.log1p(len(title)), bigram, _frac(q, cat)]
+            float(bool(qnums)), math.log1p(len(q)), math.log1p(len(title)), bigram, _frac(q, cat),
+            float(bool(negated)), _frac(negated, tset) if negated else 0.0]
 
 
 def lexical_matrix(queries: Sequence[str], products: Sequence[Mapping[str, Any]]) -> np.ndarray:

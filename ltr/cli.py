@@ -65,6 +65,10 @@ def _guard(fn):
             return fn(*a, **kw)
         except _known_errors() as e:
             _fail(str(e))
+        except ValueError as e:  # our own input errors: one line, exit 2; anything else keeps its traceback
+            if type(e).__module__.split(".")[0] in ("ltr", "labels", "features") and type(e) is not ValueError:
+                _fail(f"{type(e).__name__}: {e}")
+            raise
     return wrapper
 
 

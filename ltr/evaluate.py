@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 
 from features.ondemand import OnDemandFeatures, is_engagement
@@ -48,14 +47,18 @@ def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Pa
                      k: int = 10, cross_encoder: str | Path | None = None, bi_encoder: str | Path | None = "default",
                      features_dir: str | Path | None = None, tracking_uri: str | None = None,
                      on_missing: Literal["error", "nan"] = "nan", max_queries: int | None = None,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, ce_path: str | Path | None = None) -> dict[str, Any]:
     """Evaluate `model_uri` on the judged dataset `dataset_dir`; write JSON to `out_path` (if given); return it.
 
     Engagement features are NaN unless `features_dir` holds them (never an error). For other model
     features nothing here can compute, on_missing='nan' (default) scores with NaN and lists them under
     `features_missing_non_engagement`; 'error' refuses instead. max_queries evaluates only the first N query ids
-    (sorted), for quick checks.
+    (sorted), for quick checks. `ce_path` is an alias of `cross_encoder` (the CLI's --ce-model).
     """
+    if ce_path is not None:
+        if cross_encoder is not None and Path(cross_encoder) != Path(ce_path):
+            raise ServingError("pass the cross-encoder once: cross_encoder and ce_path differ.")
+        cross_encoder = ce_path
     t0 = time.perf_counter()
     if not isinstance(k, int) or k < 1:
         raise ServingError(f"k must be a positive int, got {k!r}. Fix: e.g. k=10.")
@@ -104,9 +107,9 @@ def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Pa
         f"ndcg@{k}": _mean(per[f"ndcg@{k}"]),
         f"ndcg_exp@{k}": _mean(per[f"ndcg_exp@{k}"]),
         f"irrelevant@{k}": _mean(per[f"irrelevant@{k}"]),
-        "n_queries": int(len(per)),
+        "n_queries": len(per),
         "n_queries_with_relevant": int(per[f"ndcg@{k}"].notna().sum()),
-        "n_pairs": int(len(j)),
+        "n_pairs": len(j),
         "gains": {"esci": {str(g_): v for g_, v in M.ESCI_GAINS.items()}, "exp": "2^grade - 1"},
         "features_computed": [f for f, s in asm.sources.items() if s != "missing"],
         "features_missing": asm.missing,

@@ -315,7 +315,9 @@ def run_all(cfg: RunConfig, out: str | Path, skip_experiments: bool = False) -> 
     setup_tracking(cfg.tracking.uri, cfg.tracking.experiment)
     train_cfg = cfg.train.model_copy(update={"seed": cfg.seed})
     t = time.time()
-    tune_cfg = cfg.tune.model_copy(update={"storage": cfg.tune.storage})
+    from ltr.tracking import frame_fingerprint
+    # one study per training frame: re-running the same job resumes it, a changed frame starts a new one
+    tune_cfg = cfg.tune.model_copy(update={"study_name": f"{cfg.tune.study_name}-{frame_fingerprint(prod_frame)[:10]}"})
     _log(f"stage tune: Optuna study '{tune_cfg.study_name}' ({tune_cfg.n_trials} trials)")
     from ltr.rankers import split_frame
     train_part, test_part = split_frame(prod_frame, "query_id", [1 - train_cfg.test_fraction,
@@ -323,8 +325,7 @@ def run_all(cfg: RunConfig, out: str | Path, skip_experiments: bool = False) -> 
     tres = tune(train_part, train_cfg, tune_cfg, track=cfg.tracking.enabled, out_dir=paths.reports)
     tick("tune", t)
     op = tres.tuned
-    chosen = train_cfg.model_copy(update={"target": train_cfg.target.model_copy(update={
-        "alpha": op.alpha, "beta": op.beta, "blend_weight": op.blend_weight})})
+    chosen = tres.best_config  # α, β, blend weight and model parameters of the chosen operating point
     t = time.time()
     _log(f"stage train: XGBoost LambdaMART at the operating point alpha={op.alpha:.3g} beta={op.beta:.3g} "
          f"blend={op.blend_weight:.3g}")
@@ -344,7 +345,7 @@ def run_all(cfg: RunConfig, out: str | Path, skip_experiments: bool = False) -> 
     if not skip_experiments:
         t = time.time()
         ecfg = cfg.experiments.model_copy(update={"tuned": op})
-        md, result = run_experiments(frame, ecfg, track=cfg.tracking.enabled,
+        md, result = run_experiments(lambda _seed: frame, ecfg, track=cfg.tracking.enabled,
                                      notes=[f"dataset: {ds_dir} (engagement "
                                             f"{'simulated' if ds.engagement_simulated else 'logged'})"])
         (paths.reports / "experiments.md").write_text(md)

@@ -274,16 +274,20 @@ class LGBMLambdaMART(_RankerBase):
     def _predict(self, X: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.model_.predict(X), dtype="float64")
 
+    def _booster(self):
+        return getattr(self.model_, "booster_", self.model_)  # LGBMRanker or a bare (MLflow-loaded) Booster
+
     def feature_importance(self, importance_type: str = "gain") -> dict[str, float]:
-        vals = self.model_.booster_.feature_importance(importance_type=importance_type)
+        vals = self._booster().feature_importance(importance_type=importance_type)
         return {f: float(v) for f, v in zip(self.feature_names_, vals)}
 
     @classmethod
     def from_fitted(cls, model, feature_names: Sequence[str] | None = None) -> LGBMLambdaMART:
+        """Wrap a fitted lightgbm.LGBMRanker or lightgbm.Booster (what MLflow loads back)."""
         self = cls()
         self.model_ = model
-        self.feature_names_ = list(feature_names or model.booster_.feature_name())
-        self.best_iteration_ = int(model.best_iteration_ or -1) if hasattr(model, "best_iteration_") else -1
+        self.feature_names_ = list(feature_names or self._booster().feature_name())
+        self.best_iteration_ = int(getattr(model, "best_iteration_", None) or getattr(model, "best_iteration", -1) or -1)
         return self
 
 

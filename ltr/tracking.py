@@ -167,7 +167,8 @@ def log_ranker(model, example: pd.DataFrame, name: str = "model") -> Any:
                                         pip_requirements=[f"xgboost=={xgboost.__version__}"])
     else:
         import lightgbm
-        info = mlflow.lightgbm.log_model(model.model_, name=name, signature=sig, metadata=meta,
+        # the Booster (LightGBM's own text format): MLflow 3 refuses to unpickle an LGBMRanker (skops)
+        info = mlflow.lightgbm.log_model(model._booster(), name=name, signature=sig, metadata=meta,
                                          pip_requirements=[f"lightgbm=={lightgbm.__version__}"])
     mlflow.log_dict({"features": feats, "ranker": kind}, "features.json")
     return info

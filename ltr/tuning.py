@@ -93,7 +93,8 @@ def choose_operating_point(trials: pd.DataFrame, baseline_engagement: float, tol
         row = trials.sort_values(["engagement", "content", "number"], ascending=[False, False, True]).iloc[0]
         met = False
     return {"number": int(row["number"]), "content": float(row["content"]), "engagement": float(row["engagement"]),
-            "params": {k[len("params_"):]: row[k] for k in trials.columns if k.startswith("params_")},
+            "params": {k[len("params_"):]: (row[k].item() if hasattr(row[k], "item") else row[k])
+                       for k in trials.columns if k.startswith("params_")},
             "constraint_met": met, "engagement_floor": float(floor),
             "rule": f"max content NDCG s.t. engagement >= (1 - {tolerance}) x engagement-only model"}
 

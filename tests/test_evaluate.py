@@ -126,3 +126,8 @@ def test_evaluate_on_the_shared_esci_sample(setup, tmp_path):
     assert 0 < r["ndcg@10"] <= 1 and 0 < r["ndcg_exp@10"] <= 1 and 0 <= r["irrelevant@10"] <= 1
     assert len(r["per_query"]) == r["n_queries"]
     assert json.loads((tmp_path / "esci.json").read_text())["ndcg@10"] == r["ndcg@10"]
+
+
+def test_ce_path_is_an_alias_of_cross_encoder(setup, tmp_path):
+    with pytest.raises(ServingError, match="cross-encoder once"):
+        evaluate_dataset(setup["unseen"], setup["uri"], None, cross_encoder=tmp_path / "a", ce_path=tmp_path / "b")

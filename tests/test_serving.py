@@ -115,7 +115,7 @@ def test_rank_equals_model_on_offline_features(world, client):
     expected = T.load_model(world["uri"]).predict(offline, missing="nan")
     got = {x["product_id"]: x["score"] for x in body["results"]}
     assert np.allclose([got[p] for p in pids], expected, rtol=1e-5, atol=1e-6)
-    line = [x for x in _log_lines(world) if x["request_id"] == "req-offline"][0]
+    line = next(x for x in _log_lines(world) if x["request_id"] == "req-offline")
     served = pd.DataFrame({f: line["features"][f] for f in FEATURES}).astype(float)
     assert np.allclose(served.to_numpy(), offline.to_numpy(), equal_nan=True, atol=1e-5)
     assert served[ENG].notna().any().all()                      # engagement really came from the store
@@ -127,7 +127,7 @@ def test_unseen_query_gets_request_time_features_and_nan_engagement(world, clien
     r = client.post("/v1/rank", json={"query": q, "product_ids": pids, "request_id": "req-unseen", "top_k": 5})
     assert r.status_code == 200, r.text
     assert len(r.json()["results"]) == 5
-    line = [x for x in _log_lines(world) if x["request_id"] == "req-unseen"][0]
+    line = next(x for x in _log_lines(world) if x["request_id"] == "req-unseen")
     served = pd.DataFrame(line["features"]).astype(float)
     offline = _offline_frame(world, q, pids)
     assert np.allclose(served[list(ONDEMAND_FEATURES)].to_numpy(), offline[list(ONDEMAND_FEATURES)].to_numpy(),
@@ -254,3 +254,27 @@ def test_startup_errors_name_the_fix(world, tmp_path):
         create_app(world["uri"], None)
     with pytest.raises(T.TrackingError, match="models:/NAME@champion"):
         create_app("models:/no-such-model@champion", world["feat"])
+
+
+def test_run_dir_settings_finds_a_pipeline_run(world, tmp_path):
+    from ltr.serving.server import run_dir_settings
+
+    run = tmp_path / "run"
+    shutil.copytree(world["feat"], run / "features", ignore=shutil.ignore_patterns("feast"))
+    shutil.copytree(world["ds"].root, run / "dataset")
+    shutil.copytree(world["ce"], run / "cross_encoder" / "llm_fold0")
+    s = run_dir_settings(run)
+    assert s == {"features_dir": run / "features", "products": run / "dataset",
+                 "cross_encoder": run / "cross_encoder" / "llm_fold0", "log_dir": run / "served_logs"}
+    with pytest.raises(ValueError, match="run_dir"):
+        run_dir_settings(tmp_path / "absent")
+
+
+def test_precomputed_product_embeddings_give_the_same_cosine(world):
+    ds, ce = world["ds"], world["ce"]
+    pairs = pd.DataFrame({"query": "red backpack", "product_id": list(ds.products["product_id"][:10])})
+    lazy = OnDemandFeatures(ds.products, None, ce).compute(pairs, ["bienc_cos"])
+    od = OnDemandFeatures(ds.products, None, ce)
+    assert od.precompute_product_embeddings(progress=False) == len(ds.products)
+    assert len(od._bi_encoder()._cache) >= len(ds.products)
+    assert np.allclose(od.compute(pairs, ["bienc_cos"])["bienc_cos"], lazy["bienc_cos"], atol=1e-5)

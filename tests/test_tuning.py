@@ -102,7 +102,7 @@ def test_run_experiments_table_and_json():
     assert "engagement is simulated" in md and "± " in md
     json.dumps(js, allow_nan=False)                    # strict JSON
     # one frame for every seed: seeds vary the query split and the model seed
-    md1, js1 = run_experiments(frames[0], cfg.model_copy(update={"arms": ["a"]}))
+    _md1, js1 = run_experiments(frames[0], cfg.model_copy(update={"arms": ["a"]}))
     per_seed = js1["arms"][0]["per_seed"]
     assert len({round(v["ndcg@10"], 9) for v in per_seed.values()}) > 1
     with pytest.raises(ExperimentError, match="seed 2"):

@@ -1,19 +1,21 @@
 """The fine-tuned local grader: the offline default labeler.
 
-Recipe (chosen because CPU is scarce and the seed set is small, ~4k pairs / ~100 queries):
-- start from the pretrained all-MiniLM-L6-v2 *bi-encoder* and keep its signal: the frozen zero-shot
-  cosine is an input feature, and the query/product towers start from the pretrained weights;
-- fine-tune only the top `n_unfrozen` transformer layers; the frozen lower layers run once per unique
-  text and their hidden states are cached (short max length), so an epoch costs a few seconds;
-- a small head over [u*v, |u-v|, cos, cos_zero_shot, lexical/attribute matches];
-- an ordinal (cumulative-logit) loss over the 4 grades, class-weighted, so the output is a proper
-  grade distribution p0..p3 whose expected grade orders pairs;
-- cut points on the expected grade tuned for quadratic kappa on the training queries.
-The fitted grader saves to a directory (weights + JSON metadata with a version) and grades the rest.
+Recipe (measured on held-out ESCI-sample queries; see bench/bench_grader.py), cosine-first:
+- the pretrained all-MiniLM-L6-v2 bi-encoder embeds every unique query and product text once
+  (dynamic padding, length-sorted batches, one shared encoder; labels/backends/grader_encoder.py);
+- a handful of low-dimensional features: the zero-shot cosine, the cosine normalised per query against
+  a fixed reference sample of catalogue products (batch independent, so a resumed run grades exactly like
+  an uninterrupted one), and a few exact-match signals (labels/lexical.py);
+- a strongly regularised ordinal (cumulative-logit) model over them, fitted on the human seed grades
+  (labels/backends/grader_model.py), giving a proper distribution p0..p3;
+- cut points on the expected grade tuned for quadratic kappa on out-of-fold predictions of a
+  query-grouped inner cross-validation (never on a held-out query).
+Fitting is deterministic (float64 L-BFGS, fixed seeds, fixed thread count) and the version is a hash of
+(training data, config, format), so re-fitting on the same inputs reproduces the same cache keys.
 """
 from __future__ import annotations
 
-import copy
+import hashlib
 import json
 import math
 import os
@@ -23,14 +25,20 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..lexical import LEXICAL_FEATURES, lexical_matrix
-from ..metrics import apply_thresholds, quadratic_kappa, tune_thresholds
+from ..metrics import apply_thresholds, quadratic_kappa, quantile_thresholds, spearman
 from .base import Backend, LabelResult, OnResult, Pair
+from .grader_encoder import shared_encoder, torch_threads
+from .grader_model import N_GRADES, OrdinalLogit, oof_thresholds
 
-GRADER_FORMAT_VERSION = 1
+GRADER_FORMAT_VERSION = 2
+
+#: features computed from embeddings; every other feature name must be one of LEXICAL_FEATURES
+EMBEDDING_FEATURES = ("cos", "cos_refz", "cos_title")
+#: chosen on query-split CV of the ESCI sample (bench/bench_grader.py): the zero-shot cosine, semantic-free
+#: term coverage (exact and prefix), and negation ("bottle without straw": the excluded term in the title)
+DEFAULT_FEATURES = ("cos", "q_partial_text", "q_in_text", "has_negation", "neg_in_title")
 
 
 def _clean(v: Any) -> str:
@@ -48,100 +56,57 @@ def encoder_text(product: Mapping[str, Any]) -> str:
 
 @dataclass
 class GraderConfig:
-    n_unfrozen: int = 2          # top transformer layers fine-tuned (0 = frozen encoder, head only)
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    l2: float = 50.0                  # ridge penalty on the standardised coefficients (loss is a per-pair mean)
+    class_weight_power: float = 0.0   # weight_k ~ freq_k^-power (0 = plain likelihood)
+    inner_folds: int = 5              # query-grouped inner CV for the kappa cut points
+    n_reference: int = 256            # catalogue products kept as the per-query cosine reference
     max_len_query: int = 24
     max_len_product: int = 64
-    epochs: int = 4
-    batch_size: int = 32
-    lr_encoder: float = 3e-5
-    lr_head: float = 2e-3
-    weight_decay: float = 0.01
-    hidden: int = 64
-    dropout: float = 0.1
-    class_weight_power: float = 0.5   # weight_k ~ freq_k^-power
+    encode_batch: int = 64
     seed: int = 0
-    num_threads: int = 2
+    num_threads: int = 1
     progress: bool = True
+    # kept for compatibility with GraderSettings: the ordinal head is fitted to convergence (no epochs), and
+    # unfreezing encoder layers was dropped in format 2 (slower and worse than zero-shot on the seed set)
+    epochs: int = 0
+    n_unfrozen: int = 0
+
+    def __post_init__(self) -> None:
+        self.features = tuple(self.features)
+        unknown = [f for f in self.features if f not in EMBEDDING_FEATURES and f not in LEXICAL_FEATURES]
+        if unknown or not self.features:
+            raise ValueError(f"GraderConfig.features: unknown {unknown or 'empty list'}. Fix: choose from "
+                             f"{list(EMBEDDING_FEATURES) + list(LEXICAL_FEATURES)}.")
+        if self.n_unfrozen != 0:
+            raise ValueError(f"GraderConfig.n_unfrozen={self.n_unfrozen}: fine-tuning encoder layers is not "
+                             "supported since grader format 2. Fix: set grader.n_unfrozen to 0.")
+        if self.l2 < 0 or self.inner_folds < 0 or self.n_reference < 1 or self.num_threads < 1:
+            raise ValueError("GraderConfig: l2 >= 0, inner_folds >= 0, n_reference >= 1 and num_threads >= 1 "
+                             "are required. Fix: correct the value in the grader config.")
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """What determines the fitted model (progress bars do not)."""
+        d = asdict(self)
+        d.pop("progress")
+        d["features"] = list(self.features)
+        return d
 
 
-def _threads(n: int) -> None:
-    torch.set_num_threads(max(1, min(n, os.cpu_count() or 1)))
+def _sha(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-class _Encoder:
-    """Pretrained MiniLM split at layer L-n: frozen bottom (cached), trainable top layers."""
-
-    def __init__(self, path: str | Path):
-        from transformers import AutoModel, AutoTokenizer
-        self.tok = AutoTokenizer.from_pretrained(str(path))
-        self.model = AutoModel.from_pretrained(str(path), attn_implementation="eager")
-        self.model.eval()
-        self.n_layers = len(self.model.encoder.layer)
-
-    @torch.inference_mode()
-    def hidden(self, texts: Sequence[str], max_len: int, split: int, batch: int = 128,
-               progress: bool = False, desc: str = "encode") -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """Hidden states after layer `split` (fp16), attention masks, and final mean-pooled embeddings."""
-        from tqdm.auto import tqdm
-        hs, ms, embs = [], [], []
-        for i in tqdm(range(0, len(texts), batch), disable=not progress, desc=desc, leave=False):
-            enc = self.tok(list(texts[i:i + batch]), padding="max_length", truncation=True, max_length=max_len,
-                           return_tensors="pt")
-            out = self.model(**enc, output_hidden_states=True)
-            hs.append(out.hidden_states[split].to(torch.float16))
-            m = enc["attention_mask"]
-            ms.append(m.to(torch.bool))
-            pooled = (out.last_hidden_state * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
-            embs.append(nn.functional.normalize(pooled, dim=-1).numpy())
-        if not hs:
-            return (torch.zeros(0, max_len, 384, dtype=torch.float16), torch.zeros(0, max_len, dtype=torch.bool),
-                    np.zeros((0, 384), dtype=np.float32))
-        return torch.cat(hs), torch.cat(ms), np.concatenate(embs)
-
-
-class _Tower(nn.Module):
-    def __init__(self, layers: nn.ModuleList):
-        super().__init__()
-        self.layers = layers
-
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ext = (~mask)[:, None, None, :].to(h.dtype) * torch.finfo(h.dtype).min
-        for layer in self.layers:
-            out = layer(h, attention_mask=ext)
-            h = out[0] if isinstance(out, tuple) else out
-        m = mask[..., None].to(h.dtype)
-        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
-        return nn.functional.normalize(pooled, dim=-1)
-
-
-class _GraderNet(nn.Module):
-    def __init__(self, layers: nn.ModuleList, dim: int, n_side: int, hidden: int, dropout: float):
-        super().__init__()
-        self.tower = _Tower(layers)
-        self.mlp = nn.Sequential(nn.Linear(2 * dim + n_side, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, 1))
-        self.lin = nn.Linear(n_side, 1)
-        self.side_norm = nn.BatchNorm1d(n_side, affine=False)
-        # cumulative-logit cut points: b0 < b1 < b2 (b0 + cumsum softplus)
-        self.b0 = nn.Parameter(torch.tensor(-1.0))
-        self.gaps = nn.Parameter(torch.tensor([0.5, 0.5]))
-
-    def cuts(self) -> torch.Tensor:
-        return torch.cat([self.b0[None], self.b0 + torch.cumsum(nn.functional.softplus(self.gaps), 0)])
-
-    def forward(self, qh, qm, ph, pm, side) -> torch.Tensor:
-        u = self.tower(qh, qm)
-        v = self.tower(ph, pm)
-        cos = (u * v).sum(-1, keepdim=True)
-        s = self.side_norm(torch.cat([cos, side], -1))
-        return (self.mlp(torch.cat([u * v, (u - v).abs(), s], -1)) + self.lin(s)).squeeze(-1)
-
-    def probs(self, f: torch.Tensor) -> torch.Tensor:
-        gt = torch.sigmoid(f[:, None] - self.cuts()[None, :])  # P(y > k), k = 0,1,2
-        ones = torch.ones_like(f)[:, None]
-        zeros = torch.zeros_like(f)[:, None]
-        cum = torch.cat([ones, gt, zeros], 1)
-        return (cum[:, :-1] - cum[:, 1:]).clamp(min=1e-7)
+def training_fingerprint(queries: Sequence[str], products: Sequence[Mapping[str, Any]], grades: Sequence[int]
+                         ) -> str:
+    """Order-independent hash of the (query, product text, grade) training rows."""
+    rows = sorted(f"{q}\x1f{encoder_text(p)}\x1f{_clean(p.get('title'))}\x1f{int(g)}"
+                  for q, p, g in zip(queries, products, grades))
+    h = hashlib.sha1()
+    for r in rows:
+        h.update(r.encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 class FineTunedGrader:
@@ -152,218 +117,183 @@ class FineTunedGrader:
         self.encoder_path = Path(encoder_path) if encoder_path else default_encoder_path()
         self.cfg = config or GraderConfig()
         self.thresholds: np.ndarray = np.array([0.5, 1.5, 2.5])
-        self.net: _GraderNet | None = None
+        self.model: OrdinalLogit | None = None
+        self.reference: np.ndarray | None = None   # (n_reference, dim) product embeddings
         self.meta: dict[str, Any] = {}
-        self._enc: _Encoder | None = None
+        self._version: str | None = None
+
+    @property
+    def enc(self):
+        return shared_encoder(self.encoder_path)
 
     # -- features ------------------------------------------------------------------------------
-    @property
-    def enc(self) -> _Encoder:
-        if self._enc is None:
-            self._enc = _Encoder(self.encoder_path)
-        return self._enc
+    def _embed(self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], progress: bool
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        c = self.cfg
+        with torch_threads(c.num_threads):
+            qe = self.enc.embed(list(queries), c.max_len_query, c.encode_batch, progress, "embed queries")
+            pe = self.enc.embed([encoder_text(p) for p in products], c.max_len_product, c.encode_batch, progress,
+                                "embed products")
+            te = None
+            if "cos_title" in c.features:
+                te = self.enc.embed([_clean(p.get("title")) for p in products], c.max_len_product, c.encode_batch,
+                                    progress, "embed titles")
+        return qe, pe, te
 
-    @property
-    def split(self) -> int:
-        return self.enc.n_layers - self.cfg.n_unfrozen
+    def _features(self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], progress: bool
+                  ) -> np.ndarray:
+        """(n, len(features)) float64; every row depends only on its own pair (and the fitted reference)."""
+        qe, pe, te = self._embed(queries, products, progress)
+        assert self.reference is not None
+        cos = (qe * pe).sum(1).astype(np.float64)
+        cols: dict[str, np.ndarray] = {"cos": cos}
+        if "cos_refz" in self.cfg.features:
+            ref = qe.astype(np.float64) @ self.reference.T.astype(np.float64)
+            cols["cos_refz"] = (cos - ref.mean(1)) / np.maximum(ref.std(1), 1e-3)
+        if te is not None:
+            cols["cos_title"] = (qe * te).sum(1).astype(np.float64)
+        lex_names = [f for f in self.cfg.features if f in LEXICAL_FEATURES]
+        if lex_names:
+            lex = lexical_matrix(queries, products)
+            for f in lex_names:
+                cols[f] = lex[:, LEXICAL_FEATURES.index(f)].astype(np.float64)
+        return np.stack([cols[f] for f in self.cfg.features], 1) if len(queries) else \
+            np.zeros((0, len(self.cfg.features)))
 
-    def _inputs(self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], progress: bool):
-        """Cached lower-layer states per unique text + side features [cos_zero_shot, lexical...]."""
-        uq = sorted(set(queries))
-        ptexts = [encoder_text(p) for p in products]
-        up = sorted(set(ptexts))
-        qh, qm, qe = self.enc.hidden(uq, self.cfg.max_len_query, self.split, progress=progress, desc="queries")
-        ph, pm, pe = self.enc.hidden(up, self.cfg.max_len_product, self.split, progress=progress, desc="products")
-        qidx = {q: i for i, q in enumerate(uq)}
-        qi = np.array([qidx[q] for q in queries], dtype=int)
-        pidx = {t: i for i, t in enumerate(up)}
-        pi = np.array([pidx[t] for t in ptexts], dtype=int)
-        cos0 = (qe[qi] * pe[pi]).sum(1, keepdims=True) if len(qi) else np.zeros((0, 1), np.float32)
-        side = np.concatenate([cos0, lexical_matrix(queries, products)], 1).astype(np.float32)
-        return (qh, qm, qi), (ph, pm, pi), torch.from_numpy(side)
-
-    def _forward(self, q, p, side, idx) -> torch.Tensor:
-        (qh, qm, qi), (ph, pm, pi) = q, p
-        assert self.net is not None
-        return self.net(qh[qi[idx]].float(), qm[qi[idx]], ph[pi[idx]].float(), pm[pi[idx]], side[idx])
+    def _pick_reference(self, products: Sequence[Mapping[str, Any]]) -> None:
+        texts = sorted(set(encoder_text(p) for p in products))
+        rng = np.random.default_rng(self.cfg.seed)
+        pick = [texts[i] for i in sorted(rng.choice(len(texts), min(self.cfg.n_reference, len(texts)),
+                                                    replace=False))]
+        with torch_threads(self.cfg.num_threads):
+            self.reference = self.enc.embed(pick, self.cfg.max_len_product, self.cfg.encode_batch)
 
     # -- fit / predict -------------------------------------------------------------------------
     def fit(self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], grades: Sequence[int]
             ) -> "FineTunedGrader":
-        """Fine-tune on human grades (0..3). Deterministic for a given seed and thread count."""
-        g = np.asarray(grades, dtype=int)
+        """Fit on human grades (0..3). Deterministic: same inputs and config give the same model and version."""
+        g = np.asarray(grades)
         if len(g) != len(queries) or len(g) != len(products):
-            raise ValueError("fit: queries, products and grades must have the same length.")
+            raise ValueError(f"fit: queries ({len(queries)}), products ({len(products)}) and grades ({len(g)}) "
+                             "must have the same length. Fix: pass one grade per (query, product) pair.")
         if len(g) < 8:
             raise ValueError(f"fit: need at least 8 graded pairs, got {len(g)}. Fix: supply a larger seed set.")
-        if g.min() < 0 or g.max() > 3:
-            raise ValueError("fit: grades must be integers 0..3 (ESCI E/S/C/I = 3/2/1/0).")
-        if self.cfg.n_unfrozen < 0 or self.cfg.n_unfrozen > 6:
-            raise ValueError("GraderConfig.n_unfrozen must be between 0 (frozen encoder) and 6.")
-        _threads(self.cfg.num_threads)
-        torch.manual_seed(self.cfg.seed)
-        rng = np.random.default_rng(self.cfg.seed)
+        if g.dtype.kind not in "iuf" or not np.all(np.isfinite(g.astype(float))) or g.min() < 0 or g.max() > 3 \
+                or np.any(g.astype(float) != np.round(g.astype(float))):
+            raise ValueError("fit: grades must be integers 0..3 (ESCI E/S/C/I = 3/2/1/0). Fix: map labels to 0..3.")
+        g = g.astype(int)
+        if len(np.unique(g)) < 2:
+            raise ValueError("fit: all grades are equal; the grader cannot learn an order. Fix: include pairs of "
+                             "at least two different grades.")
         t0 = time.perf_counter()
-        q, p, side = self._inputs(queries, products, self.cfg.progress)
-        t_cache = time.perf_counter() - t0
-        self._fit_inputs(q, p, side, g, queries)
-        self.meta["seconds_cache"] = round(t_cache, 2)
-        self.meta["seconds_total"] = round(time.perf_counter() - t0, 2)
-        return self
-
-    def _fit_inputs(self, q, p, side, g: np.ndarray, queries: Sequence[str]) -> None:
-        t0 = time.perf_counter()
-        torch.manual_seed(self.cfg.seed)
-        rng = np.random.default_rng(self.cfg.seed)
-        layers = nn.ModuleList(copy.deepcopy(self.enc.model.encoder.layer[self.split:]))
-        self.net = _GraderNet(layers, self.enc.model.config.hidden_size, side.shape[1] + 1, self.cfg.hidden,
-                              self.cfg.dropout)
-        freq = np.bincount(g, minlength=4) + 1.0
-        w = torch.tensor((freq / freq.sum()) ** -self.cfg.class_weight_power, dtype=torch.float32)
-        w = w / (w * torch.tensor(freq / freq.sum(), dtype=torch.float32)).sum()
-        enc_params = list(self.net.tower.parameters())
-        enc_ids = {id(x) for x in enc_params}
-        head = [x for x in self.net.parameters() if id(x) not in enc_ids]
-        groups = [{"params": head, "lr": self.cfg.lr_head}]
-        if enc_params:
-            groups.insert(0, {"params": enc_params, "lr": self.cfg.lr_encoder})
-        opt = torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
-        n = len(g)
-        steps = self.cfg.epochs * math.ceil(n / self.cfg.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[gr["lr"] for gr in groups],
-                                                    total_steps=steps, pct_start=0.1)
-        y = torch.from_numpy(g)
-        from tqdm.auto import tqdm
-        bar = tqdm(total=steps, disable=not self.cfg.progress, desc="fine-tune grader", leave=False)
-        self.net.train()
-        losses = []
-        for _ in range(self.cfg.epochs):
-            order = rng.permutation(n)
-            for i in range(0, n, self.cfg.batch_size):
-                idx = order[i:i + self.cfg.batch_size]
-                if len(idx) < 2:
-                    continue
-                f = self._forward(q, p, side, idx)
-                pr = self.net.probs(f)
-                yy = y[idx]
-                loss = -(w[yy] * torch.log(pr[torch.arange(len(idx)), yy])).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        bar.close()
-        self.net.eval()
-        probs = self._predict(q, p, side)
-        eg = probs @ np.arange(4)
-        self.thresholds = tune_thresholds(eg, g)
-        self.meta = {"format_version": GRADER_FORMAT_VERSION, "n_train_pairs": int(n),
+        self._pick_reference(products)
+        X = self._features(queries, products, self.cfg.progress)
+        t_feat = time.perf_counter() - t0
+        self.model = OrdinalLogit(self.cfg.l2, self.cfg.class_weight_power).fit(X, g)
+        groups = np.asarray(queries, dtype=object)
+        self.thresholds, oof = oof_thresholds(X, g, groups, self.cfg.l2, self.cfg.class_weight_power,
+                                              self.cfg.inner_folds, self.cfg.seed)
+        eg = self.model.predict_proba(X) @ np.arange(N_GRADES)
+        fp = training_fingerprint(queries, products, g)
+        self._version = (f"v{GRADER_FORMAT_VERSION}-"
+                         f"{_sha([fp, self.cfg.fingerprint_dict(), GRADER_FORMAT_VERSION, self.encoder_path.name])[:10]}")
+        self.meta = {"format_version": GRADER_FORMAT_VERSION, "n_train_pairs": int(len(g)),
                      "n_train_queries": len(set(queries)), "train_grade_counts": np.bincount(g, minlength=4).tolist(),
+                     "training_fingerprint": fp,
                      "train_kappa_in_sample": quadratic_kappa(g, apply_thresholds(eg, self.thresholds)),
-                     "seconds_train": round(time.perf_counter() - t0, 2),
-                     "final_loss": float(np.mean(losses[-20:])) if losses else None}
-
-    @torch.inference_mode()
-    def _predict(self, q, p, side, batch: int = 256) -> np.ndarray:
-        assert self.net is not None
-        self.net.eval()
-        out = []
-        for i in range(0, len(side), batch):
-            idx = np.arange(i, min(i + batch, len(side)))
-            out.append(self.net.probs(self._forward(q, p, side, idx)).numpy())
-        return np.concatenate(out) if out else np.zeros((0, 4), np.float32)
+                     "train_kappa_inner_cv": quadratic_kappa(g, apply_thresholds(oof, self.thresholds)),
+                     "train_spearman_inner_cv": spearman(oof, g),
+                     "coefficients": dict(zip(self.cfg.features, self.model.beta.round(4).tolist())),
+                     "seconds_features": round(t_feat, 2), "seconds_total": round(time.perf_counter() - t0, 2)}
+        return self
 
     def predict_proba(self, queries: Sequence[str], products: Sequence[Mapping[str, Any]],
                       progress: bool = False) -> np.ndarray:
-        """Grade distributions, shape (n, 4), rows sum to 1."""
-        if self.net is None:
+        """Grade distributions, shape (n, 4), rows sum to 1. Each row depends only on its own pair."""
+        if self.model is None:
             raise RuntimeError("grader is not fitted. Fix: call fit(...) or FineTunedGrader.load(dir).")
+        if len(queries) != len(products):
+            raise ValueError(f"predict_proba: {len(queries)} queries but {len(products)} products. Fix: pass "
+                             "one product per query.")
         if not len(queries):
-            return np.zeros((0, 4), np.float64)
-        _threads(self.cfg.num_threads)
-        q, p, side = self._inputs(queries, products, progress)
-        pr = self._predict(q, p, side).astype(np.float64)
-        return pr / pr.sum(1, keepdims=True)
+            return np.zeros((0, N_GRADES), np.float64)
+        return self.model.predict_proba(self._features(queries, products, progress))
 
     def predict_grade(self, probs: np.ndarray) -> np.ndarray:
-        return apply_thresholds(probs @ np.arange(4), self.thresholds)
+        """Hard grades: kappa-tuned cut points on the expected grade."""
+        return apply_thresholds(np.asarray(probs) @ np.arange(N_GRADES), self.thresholds)
 
     # -- persistence ---------------------------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return self._version or "unfitted"
+
+    def _state(self) -> dict[str, Any]:
+        assert self.model is not None and self.reference is not None
+        return {"model": self.model.to_dict(), "thresholds": [float(x) for x in self.thresholds]}
+
     def save(self, directory: str | Path) -> Path:
-        if self.net is None:
-            raise RuntimeError("grader is not fitted; nothing to save.")
+        """Write weights.npz (reference embeddings) and grader.json (model, cut points, provenance) atomically."""
+        if self.model is None or self.reference is None:
+            raise RuntimeError("grader is not fitted; nothing to save. Fix: call fit(...) first.")
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / "weights.pt.tmp"
-        torch.save(self.net.state_dict(), tmp)
-        os.replace(tmp, d / "weights.pt")
-        meta = {**self.meta, "version": self.version, "config": asdict(self.cfg),
-                "thresholds": [float(x) for x in self.thresholds], "lexical_features": list(LEXICAL_FEATURES),
-                "encoder": self.encoder_path.name if self.encoder_path else None}
+        tmp = d / "weights.tmp.npz"
+        np.savez(tmp, reference=self.reference.astype(np.float32))
+        os.replace(tmp, d / "weights.npz")
+        meta = {**self.meta, "version": self.version, "config": self.cfg.fingerprint_dict() | {"progress": False},
+                **self._state(), "reference_sha1": hashlib.sha1(self.reference.astype(np.float32).tobytes()).hexdigest(),
+                "encoder": self.encoder_path.name}
         (d / "grader.json.tmp").write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(d / "grader.json.tmp", d / "grader.json")
         return d
 
-    @property
-    def version(self) -> str:
-        import hashlib
-        if self.net is None:
-            return "unfitted"
-        h = hashlib.sha1()
-        for k, v in sorted(self.net.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().numpy().tobytes())
-        return f"v{GRADER_FORMAT_VERSION}-{h.hexdigest()[:10]}"
-
     @classmethod
     def load(cls, directory: str | Path, encoder_path: str | Path | None = None) -> "FineTunedGrader":
         d = Path(directory)
-        if not (d / "grader.json").exists() or not (d / "weights.pt").exists():
-            raise FileNotFoundError(f"{d}: no fitted grader (grader.json + weights.pt). Fix: fit one with "
-                                    "labels.backends.grader.fit_grader_on_dataset(...) or pass the right dir.")
-        meta = json.loads((d / "grader.json").read_text())
+        if not (d / "grader.json").exists() or not (d / "weights.npz").exists():
+            raise FileNotFoundError(f"{d}: no fitted grader (grader.json + weights.npz). Fix: fit one with "
+                                    "labels.run.fit_grader_on_dataset(...) or pass the right dir.")
+        try:
+            meta = json.loads((d / "grader.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{d / 'grader.json'}: not valid JSON ({e}). Fix: re-fit the grader.") from e
         if meta.get("format_version") != GRADER_FORMAT_VERSION:
             raise ValueError(f"{d}: grader format {meta.get('format_version')} != {GRADER_FORMAT_VERSION}. "
                              "Fix: re-fit the grader with this version of labels/.")
-        cfg = GraderConfig(**meta["config"])
-        g = cls(encoder_path, cfg)
-        layers = nn.ModuleList(copy.deepcopy(g.enc.model.encoder.layer[g.split:]))
-        g.net = _GraderNet(layers, g.enc.model.config.hidden_size, 2 + len(meta["lexical_features"]),
-                           cfg.hidden, cfg.dropout)
-        g.net.load_state_dict(torch.load(d / "weights.pt", weights_only=True))
-        g.net.eval()
+        cfg_d = dict(meta["config"])
+        cfg_d["features"] = tuple(cfg_d["features"])
+        g = cls(encoder_path, GraderConfig(**cfg_d))
+        g.model = OrdinalLogit.from_dict(meta["model"])
+        with np.load(d / "weights.npz") as z:
+            g.reference = z["reference"]
+        if hashlib.sha1(g.reference.astype(np.float32).tobytes()).hexdigest() != meta.get("reference_sha1"):
+            raise ValueError(f"{d}: weights.npz does not match grader.json (version {meta.get('version')}). "
+                             "Fix: the directory is corrupt; re-fit or restore it.")
         g.thresholds = np.asarray(meta["thresholds"], dtype=float)
         g.meta = meta
-        if meta.get("version") and g.version != meta["version"]:
-            raise ValueError(f"{d}: weights do not match grader.json version {meta['version']}. "
-                             "Fix: the directory is corrupt; re-fit or restore it.")
+        g._version = meta["version"]
         return g
 
 
 class ZeroShotBiEncoderGrader:
     """Baseline: pretrained bi-encoder cosine, mapped to grades by the training grade distribution."""
 
-    def __init__(self, encoder_path: str | Path | None = None, max_len_query: int = 24, max_len_product: int = 64):
+    def __init__(self, encoder_path: str | Path | None = None, max_len_query: int = 24, max_len_product: int = 64,
+                 num_threads: int = 1):
         from ltr.data.models import default_encoder_path
-        self.enc = _Encoder(encoder_path or default_encoder_path())
-        self.lq, self.lp = max_len_query, max_len_product
+        self.enc = shared_encoder(encoder_path or default_encoder_path())
+        self.lq, self.lp, self.num_threads = max_len_query, max_len_product, num_threads
         self.thresholds = np.array([0.0, 0.0, 0.0])
 
     def cosine(self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], progress: bool = False
                ) -> np.ndarray:
-        uq = sorted(set(queries))
-        pt = [encoder_text(p) for p in products]
-        up = sorted(set(pt))
-        _, _, qe = self.enc.hidden(uq, self.lq, 0, progress=progress, desc="queries")
-        _, _, pe = self.enc.hidden(up, self.lp, 0, progress=progress, desc="products")
-        qi = {q: i for i, q in enumerate(uq)}
-        pi = {t: i for i, t in enumerate(up)}
-        return np.array([float(qe[qi[q]] @ pe[pi[t]]) for q, t in zip(queries, pt)])
+        with torch_threads(self.num_threads):
+            qe = self.enc.embed(list(queries), self.lq, progress=progress, desc="embed queries")
+            pe = self.enc.embed([encoder_text(p) for p in products], self.lp, progress=progress, desc="embed products")
+        return (qe * pe).sum(1).astype(np.float64)
 
     def fit(self, queries, products, grades) -> "ZeroShotBiEncoderGrader":
-        from ..metrics import quantile_thresholds
         self.thresholds = quantile_thresholds(self.cosine(queries, products), grades)
         return self
 
@@ -372,25 +302,33 @@ class ZeroShotBiEncoderGrader:
 
 
 class GraderBackend(Backend):
-    """The fitted grader behind the labeler interface. No tokens, no dollars."""
+    """The fitted grader behind the labeler interface. No tokens, no dollars.
+
+    Pairs are graded in chunks; each chunk's results are handed to `on_result` (and so cached) before
+    the next chunk starts. The shared encoder memoises embeddings, so chunking never re-encodes a text."""
 
     name = "grader"
 
-    def __init__(self, grader_dir: str | Path, batch_size: int = 256, prompt_version: str = "grader-features-v1"):
+    def __init__(self, grader_dir: str | Path, batch_size: int = 2048, prompt_version: str = "grader-features-v1",
+                 progress: bool = True):
+        if batch_size < 1:
+            raise ValueError("GraderBackend: batch_size must be >= 1.")
         self.grader = FineTunedGrader.load(grader_dir)
         self.model = f"minilm-grader@{self.grader.version}"
         self.prompt_version = prompt_version
         self.batch_size = batch_size
+        self.progress = progress
 
     def grade(self, pairs: Sequence[Pair], on_result: OnResult | None = None) -> list[LabelResult]:
         out: list[LabelResult] = []
         for i in range(0, len(pairs), self.batch_size):
             chunk = pairs[i:i + self.batch_size]
-            probs = self.grader.predict_proba([p.query for p in chunk], [p.product for p in chunk])
-            for pair, pr in zip(chunk, probs):
+            probs = self.grader.predict_proba([p.query for p in chunk], [p.product for p in chunk],
+                                              progress=self.progress and len(chunk) > 256)
+            hard = self.grader.predict_grade(probs)
+            for pair, pr, h in zip(chunk, probs, hard):
                 r = LabelResult(pair.query_id, pair.product_id, tuple(float(x) for x in pr), self.name,
-                                self.model, self.prompt_version,
-                                hard_grade=int(self.grader.predict_grade(pr[None, :])[0]))
+                                self.model, self.prompt_version, hard_grade=int(h))
                 out.append(r)
                 if on_result:
                     on_result(pair, r)

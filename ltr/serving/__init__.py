@@ -3,10 +3,10 @@
 Shared with `ltr.evaluate`: `load_ranker` (registry alias -> ranker, version, cross-encoder) and
 `FeatureAssembler` (online store + request-time features -> the model's feature frame).
 """
-from .assemble import FeatureAssembler  # noqa: F401
-from .model import LoadedModel, ServingError, load_ranker  # noqa: F401
+from .assemble import FeatureAssembler
+from .model import LoadedModel, ServingError, load_ranker
 
-__all__ = ["FeatureAssembler", "LoadedModel", "ServingError", "load_ranker", "create_app", "serve"]
+__all__ = ["FeatureAssembler", "LoadedModel", "ServingError", "create_app", "load_ranker", "serve"]
 
 
 def __getattr__(name: str):  # FastAPI/uvicorn only imported when the service is used

@@ -143,7 +143,7 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
                bi_encoder: str | Path | None = "default", max_candidates: int = 1000,
                log_dir: str | Path | None = None, tracking_uri: str | None = None,
                on_missing: Literal["error", "nan"] = "error", ce_cache_size: int = 100_000,
-               warm: bool = True) -> FastAPI:
+               warm: bool = True, precompute_embeddings: bool = False, ce_backend: str = "torch") -> FastAPI:
     """Build the ranking service.
 
     model_uri: 'models:/NAME@champion' (or any URI ltr.tracking.load_model takes). features_dir: what
@@ -152,6 +152,8 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
     named in features_dir/manifest.json). cross_encoder: its dir (default: the model run's
     'cross_encoder' artifact). bi_encoder: 'default' (all-MiniLM-L6-v2), a dir, or None.
     on_missing='error' refuses to start when a model feature has no source; 'nan' serves it as NaN.
+    precompute_embeddings: embed the whole catalog with the bi-encoder at startup (slower start, faster
+    cold requests).
     """
     if not isinstance(max_candidates, int) or max_candidates < 1:
         raise ServingError(f"max_candidates must be a positive int, got {max_candidates!r}. Fix: e.g. 1000.")
@@ -165,10 +167,12 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
         from features.store import LtrStore
         store = LtrStore(fdir, features_cfg)
     ondemand = OnDemandFeatures(catalog, cross_encoder=lm.cross_encoder, bi_encoder=bi_encoder,
-                                ce_cache_size=ce_cache_size)
+                                ce_cache_size=ce_cache_size, ce_backend=ce_backend)
     assembler = FeatureAssembler(lm.features, ondemand, store, on_missing=on_missing)
     if warm:
         assembler.warm()
+    if precompute_embeddings and "bienc_cos" in assembler.features and assembler.sources["bienc_cos"] != "missing":
+        ondemand.precompute_product_embeddings(progress=True)
     known = set(catalog["product_id"])
     metrics = _Metrics(ondemand, lm)
     served = ServedLog(log_dir) if log_dir is not None else None
@@ -268,4 +272,4 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
     return app
 
 
-__all__ = ["create_app", "RankRequest", "RankResponse", "ServedLog", "load_products"]
+__all__ = ["RankRequest", "RankResponse", "ServedLog", "create_app", "load_products"]

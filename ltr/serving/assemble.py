@@ -7,7 +7,8 @@ the values match what training saw.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -64,7 +65,7 @@ class FeatureAssembler:
             self.ondemand.warm([f for fs in self._od_by_family.values() for f in fs])
 
     def _fill_ondemand(self, X: pd.DataFrame, pairs: pd.DataFrame, used_store: bool, progress: bool = False) -> None:
-        for fam, feats in self._od_by_family.items():
+        for feats in self._od_by_family.values():
             in_store = [f for f in feats if self.sources[f] == "store+ondemand"] if used_store else []
             rows = (X[in_store].isna().all(axis=1).to_numpy() if in_store else np.ones(len(X), bool))
             if not rows.any():
@@ -107,4 +108,4 @@ class FeatureAssembler:
         return X
 
 
-__all__ = ["FeatureAssembler", "FAMILIES"]
+__all__ = ["FAMILIES", "FeatureAssembler"]

@@ -8,8 +8,8 @@ as the run's `cross_encoder` artifact) and moves the `champion` alias to it.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
