@@ -75,6 +75,22 @@ def metrics(judg: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
             "irrelevant_at10": round(float(np.mean(top10_irrel)), 4)}
 
 
+def untrained_scores(pairs: pd.DataFrame, products: pd.DataFrame, queries: pd.DataFrame, cfg) -> np.ndarray:
+    """Raw logits of the model fine-tuning starts from (for the segment-cosine head: ~ bi-encoder)."""
+    from features.crossencoder import _collate, _length_batches, _tokenize_pairs, load_base_cross_encoder
+    from features.text import pair_texts
+
+    model, tok = load_base_cross_encoder(cfg.base_model, cfg.max_length, cfg)
+    model.eval()
+    qs, ts = pair_texts(pairs, products, queries, **cfg.text_kwargs())
+    enc = _tokenize_pairs(tok, qs, ts, cfg.max_length)
+    out = np.empty(len(qs), np.float32)
+    with torch.inference_mode():
+        for b in _length_batches([len(x) for x in enc["input_ids"]], 64):
+            out[b] = model(**_collate(enc, b, int(tok.pad_token_id or 0))).logits[:, 0].float().numpy()
+    return out
+
+
 def parse_set(items: list[str]) -> dict:
     out = {}
     for it in items:
@@ -96,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], help="CrossEncoderConfig override key=json")
     ap.add_argument("--keep-models", action="store_true")
     ap.add_argument("--baselines-from", default=None, help="reuse bi-encoder scores saved by an earlier run")
+    ap.add_argument("--no-init-score", action="store_true",
+                    help="skip scoring each held-out fold with the untrained model (the starting point)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -142,13 +160,19 @@ def main(argv: list[str] | None = None) -> dict:
     for f in (a.only_folds if a.only_folds is not None else range(a.folds)):
         tr, te = judg[fold != f], judg[fold == f]
         pairs = tr[["query_id", "product_id"]].assign(score=tr["grade"] / 3.0)
+        init = None
+        if not a.no_init_score:  # held-out NDCG of the untrained starting point (ranking only)
+            init = untrained_scores(te, products, queries, cfg)
         t = time.time()
         meta = fine_tune_cross_encoder(pairs, products, queries, tmp / f"fold{f}", cfg, seed=a.seed + f)
         scorer = CrossEncoderScorer(tmp / f"fold{f}")
         ce[te.index.to_numpy()] = score_pairs(te, products, queries, scorer)["ce_score"].to_numpy()
         run = {"fold": f, "seconds": round(time.time() - t, 1), **meta["metrics"],
                "heldout": metrics(te, ce[te.index.to_numpy()]),
-               "heldout_bienc": metrics(te, bi_tb[te.index.to_numpy()])}
+               "heldout_bienc": metrics(te, bi_tb[te.index.to_numpy()]),
+               "heldout_bienc_ce_text": metrics(te, bi_ce_text[te.index.to_numpy()])}
+        if init is not None:
+            run["heldout_untrained"] = metrics(te, init)
         res["fold_runs"].append(run)
         print(json.dumps(run), flush=True)
     done = ~np.isnan(ce)

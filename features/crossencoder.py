@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ltr.data.models import default_encoder_path
 
+from .crossencoder_modeling import HEAD_NAME, BertSegmentCosineForSequenceClassification
 from .text import DEFAULT_FIELDS, pair_texts
 
 META_FILE = "ltr_cross_encoder.json"
@@ -50,6 +51,16 @@ class CrossEncoderConfig(BaseModel):
 
     base_model: str | None = Field(None, description="local HF model dir; None = all-MiniLM-L6-v2")
     max_length: int = Field(64, ge=8, le=512, description="tokens per (query, product) pair")
+    head: Literal["segment_cosine", "cls"] = Field(
+        "segment_cosine", description="segment_cosine: scale * cos(mean query-segment, mean product-segment "
+        "states) + bias from the joint pass (starts at the bi-encoder's ranking); cls: a 1-logit head on "
+        "the [CLS] pooler (plain BertForSequenceClassification)")
+    segment_local_layers: int = Field(0, ge=0, description="segment_cosine: bottom layers with "
+                                      "within-segment attention only (the rest attend across segments)")
+    segment_token_types: bool = Field(False, description="segment_cosine: feed token_type_ids to the "
+                                      "embeddings (False feeds zeros, as the bi-encoder was trained)")
+    cls_residual: bool = Field(False, description="segment_cosine: add a [CLS] linear head initialised at 0")
+    cos_scale_init: float = Field(20.0, gt=0, description="segment_cosine: initial logit scale of the cosine")
     epochs: int = Field(2, ge=1, le=100)
     loss: Literal["listwise", "pairwise", "mse"] = "listwise"
     temperature: float = Field(5.0, gt=0, description="listwise target = softmax(temperature * score)")
@@ -170,7 +181,7 @@ class CrossEncoderScorer:
     def __init__(self, path: str | Path, backend: Backend = "torch", max_length: int | None = None,
                  activation: Literal["sigmoid", "none"] = "sigmoid", num_threads: int | None = None,
                  onnx_dir: str | Path | None = None) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         self.path = Path(path)
         if not (self.path / "config.json").exists():
@@ -187,9 +198,14 @@ class CrossEncoderScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         self.max_length = int(max_length or self.meta.get("config", {}).get("max_length")
                               or min(int(self.tokenizer.model_max_length), 512))
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            str(self.path), num_labels=1, output_loading_info=True)
-        if any("classifier" in k or k.startswith("score") for k in info.get("missing_keys", [])):
+        conf = AutoConfig.from_pretrained(str(self.path))
+        if getattr(conf, "ltr_head", None) == HEAD_NAME:  # our segment-cosine head: no remote code needed
+            model, info = BertSegmentCosineForSequenceClassification.from_pretrained(
+                str(self.path), output_loading_info=True)
+        else:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                str(self.path), num_labels=1, output_loading_info=True)
+        if any("classifier" in k or k.startswith(("score", "cos_")) for k in info.get("missing_keys", [])):
             raise ValueError(f"{self.path} holds an encoder without a trained classification head. Fix: "
                              "fine-tune it first with fine_tune_cross_encoder(), or pass a cross-encoder dir.")
         if model.config.num_labels != 1:
@@ -322,6 +338,8 @@ def _atomic_save(model, tokenizer, meta: dict[str, Any], out_dir: Path) -> None:
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    if _is_segment(model):  # copies crossencoder_modeling.py + auto_map: loadable with trust_remote_code
+        model.register_for_auto_class("AutoModelForSequenceClassification")
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
@@ -334,10 +352,15 @@ def _atomic_save(model, tokenizer, meta: dict[str, Any], out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_base_cross_encoder(base_model: str | Path | None, max_length: int):
+def load_base_cross_encoder(base_model: str | Path | None, max_length: int,
+                            cfg: CrossEncoderConfig | None = None):
     """(model, tokenizer): the encoder with a fresh 1-logit head, set up the way sentence-transformers
-    expects (sigmoid activation, model_max_length = max_length)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    expects (sigmoid activation, model_max_length = max_length).
+
+    cfg=None (or cfg.head == "cls") gives a plain BertForSequenceClassification; cfg.head ==
+    "segment_cosine" gives `BertSegmentCosineForSequenceClassification` on the same encoder weights.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(base_model) if base_model else default_encoder_path()
     if not path.exists():
@@ -345,9 +368,26 @@ def load_base_cross_encoder(base_model: str | Path | None, max_length: int):
                                 "dir or leave it empty for all-MiniLM-L6-v2.")
     tok = AutoTokenizer.from_pretrained(str(path))
     tok.model_max_length = max_length
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+    if cfg is not None and cfg.head == HEAD_NAME:
+        conf = AutoConfig.from_pretrained(str(path), num_labels=1)
+        if conf.model_type != "bert":
+            raise ValueError(f"head='segment_cosine' needs a BERT-type encoder, {path} is "
+                             f"{conf.model_type!r}. Fix: use head='cls' for this base model.")
+        if cfg.segment_local_layers > conf.num_hidden_layers:
+            raise ValueError(f"segment_local_layers={cfg.segment_local_layers} but the model has "
+                             f"{conf.num_hidden_layers} layers. Fix: use 0..{conf.num_hidden_layers}.")
+        conf.update({"ltr_head": HEAD_NAME, "segment_local_layers": cfg.segment_local_layers,
+                     "segment_token_types": cfg.segment_token_types, "cls_residual": cfg.cls_residual,
+                     "cos_scale_init": cfg.cos_scale_init, "sep_token_id": int(tok.sep_token_id or 102)})
+        model = BertSegmentCosineForSequenceClassification.from_pretrained(str(path), config=conf)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
     model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.activation.Sigmoid"}
     return model, tok
+
+
+def _is_segment(model) -> bool:
+    return isinstance(model, BertSegmentCosineForSequenceClassification)
 
 
 def _freeze(model, n_layers: int) -> None:
@@ -381,26 +421,35 @@ def _pooled_features(model, enc: dict[str, list], idx: np.ndarray, pad: int, bat
 
 @torch.inference_mode()
 def _frozen_states(model, enc: dict[str, list], n_frozen: int, pad: int, batch_size: int,
-                   progress: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Per row: hidden states after the frozen bottom (trimmed to the row's length) and pooler output."""
+                   progress: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Per row: hidden states after the frozen bottom (trimmed to the row's length), and the pooler
+    output (cls head only; None for the segment-cosine head)."""
     base = getattr(model, model.base_model_prefix)
+    seg_head = _is_segment(model)
     n = len(enc["input_ids"])
     states: list[torch.Tensor] = [None] * n  # type: ignore[list-item]
-    pooled = torch.empty((n, model.config.hidden_size))
+    pooled = None if seg_head else torch.empty((n, model.config.hidden_size))
     for b in tqdm(_length_batches([len(x) for x in enc["input_ids"]], batch_size), disable=not progress,
                   desc="frozen layers (once)", leave=False):
         batch = _collate(enc, b, pad)
-        o = base(**batch, output_hidden_states=True)
-        h = o.hidden_states[n_frozen]
+        if seg_head:
+            seg = batch["token_type_ids"]
+            h = model.run_layers(model.embed(batch["input_ids"], seg), batch["attention_mask"], seg, 0, n_frozen)
+        else:
+            o = base(**batch, output_hidden_states=True)
+            h = o.hidden_states[n_frozen]
+            pooled[torch.from_numpy(b)] = o.pooler_output
         lens = batch["attention_mask"].sum(1).tolist()
         for r, i in enumerate(b):
             states[i] = h[r, :lens[r]].clone()
-        pooled[torch.from_numpy(b)] = o.pooler_output
     return states, pooled
 
 
-def _top_forward(model, states: list[torch.Tensor], idx: Sequence[int], n_frozen: int) -> torch.Tensor:
-    """Logits from cached frozen-bottom states: trainable top layers + pooler + classifier only."""
+def _top_forward(model, states: list[torch.Tensor], idx: Sequence[int], n_frozen: int,
+                 segments: list[list[int]] | None = None) -> torch.Tensor:
+    """Logits from cached frozen-bottom states: trainable top layers + head only.
+
+    `segments` (the rows' token_type_ids) is needed by the segment-cosine head."""
     from transformers.masking_utils import create_bidirectional_mask
 
     base = getattr(model, model.base_model_prefix)
@@ -411,6 +460,14 @@ def _top_forward(model, states: list[torch.Tensor], idx: Sequence[int], n_frozen
     for r, x in enumerate(rows):
         h[r, :x.shape[0]] = x
         mask[r, :x.shape[0]] = 1
+    if _is_segment(model):
+        if segments is None:
+            raise ValueError("the segment-cosine head needs the rows' token_type_ids (segments=).")
+        seg = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(idx):
+            seg[r, :len(segments[i])] = torch.as_tensor(segments[i])
+        h = model.run_layers(h, mask, seg, n_frozen)
+        return model.head(h, mask, seg)
     am = create_bidirectional_mask(config=model.config, inputs_embeds=h, attention_mask=mask)
     for layer in base.encoder.layer[n_frozen:]:
         h = layer(h, am)
@@ -448,6 +505,39 @@ def _fit_linear_probe(model, feats: torch.Tensor, lists: list[np.ndarray], y: np
         clf.bias.zero_()
 
 
+def _calibrate_segment_head(model, logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Platt-scale the segment-cosine head on the training pairs: logit' = a * logit + b (a > 0).
+
+    Why: the listwise loss is shift-invariant, so the raw logits sit far from 0 (the joint pass makes
+    the two segments' cosines high) and sigmoid(logit) saturates at 1.0 for every pair. Folding a
+    monotone affine map into the head keeps the ranking and makes `ce_score` a usable probability.
+    """
+    x = torch.from_numpy(np.asarray(logits, np.float32))
+    t = torch.from_numpy(np.asarray(y, np.float32))
+    mu, sd = float(x.mean()), float(x.std().clamp(min=1e-6))
+    z = (x - mu) / sd
+    log_a, b = torch.zeros((), requires_grad=True), torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([log_a, b], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(log_a.exp() * z + b, t)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    a = float(log_a.detach().exp()) / sd  # logit' = a * logit + (b - a * mu)
+    shift = float(b.detach()) - a * mu
+    with torch.no_grad():
+        model.cos_scale.mul_(a)
+        model.cos_bias.mul_(a).add_(shift)
+        if model.classifier is not None:
+            model.classifier.weight.mul_(a)
+            model.classifier.bias.mul_(a)
+    return {"a": a, "b": shift}
+
+
 def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, queries_df: pd.DataFrame,
                             out_dir: str | Path, cfg: CrossEncoderConfig | None = None, seed: int = 0,
                             progress: bool = True) -> dict[str, Any]:
@@ -471,7 +561,7 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
 
     train_q, val_q = _split_queries(pairs["query_id"], cfg.val_fraction, seed)
     is_val = pairs["query_id"].isin(val_q).to_numpy()
-    model, tok = load_base_cross_encoder(cfg.base_model, cfg.max_length)
+    model, tok = load_base_cross_encoder(cfg.base_model, cfg.max_length, cfg)
     _freeze(model, cfg.freeze_layers)
     enc = _tokenize_pairs(tok, qs, ts, cfg.max_length)
     y_all = pairs["score"].to_numpy(np.float32)
@@ -485,7 +575,7 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
                                      for q in sorted(train_q)}
     pad = int(tok.pad_token_id or 0)
     head = [p for n, p in model.named_parameters() if p.requires_grad and
-            (n.startswith("classifier") or ".pooler." in n or n.startswith("pooler"))]
+            (n.startswith(("classifier", "cos_")) or ".pooler." in n or n.startswith("pooler"))]
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     opt = torch.optim.AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],
@@ -500,14 +590,15 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
 
     base = getattr(model, model.base_model_prefix, None)
     use_cache = bool(cfg.cache_frozen and cfg.freeze_layers >= 1 and base is not None
-                     and getattr(base, "pooler", None) is not None and hasattr(model, "classifier")
+                     and (_is_segment(model) or (getattr(base, "pooler", None) is not None
+                                                 and hasattr(model, "classifier")))
                      and len(pairs) * cfg.max_length * model.config.hidden_size * 4 < 3e9)
     states, pooled = (_frozen_states(model.eval(), enc, cfg.freeze_layers, pad, cfg.batch_size_eval, progress)
                       if use_cache else (None, None))
 
     def forward(idx: Sequence[int]) -> torch.Tensor:
         if use_cache:
-            return _top_forward(model, states, idx, cfg.freeze_layers)
+            return _top_forward(model, states, idx, cfg.freeze_layers, enc["token_type_ids"])
         return model(**_collate(enc, idx, pad)).logits[:, 0]
 
     @torch.inference_mode()
@@ -518,7 +609,8 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
             s[b] = forward(val_idx[b]).float().numpy()
         return ndcg_at_k(pairs["query_id"].to_numpy()[val_idx], _gain(y_all[val_idx]), s, cfg.eval_k)
 
-    if cfg.init_head == "linear_probe" and isinstance(getattr(model, "classifier", None), torch.nn.Linear):
+    if (cfg.init_head == "linear_probe" and not _is_segment(model)
+            and isinstance(getattr(model, "classifier", None), torch.nn.Linear)):
         lists = [groups[q] for q in groups]
         flat_all = np.concatenate(lists)
         feats = (pooled[torch.from_numpy(flat_all)] if use_cache else
@@ -585,6 +677,14 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
             for n, v in best["state"].items():
                 params[n].copy_(v)
     model.eval()
+    calibration = None
+    if _is_segment(model):
+        train_idx = np.flatnonzero(~is_val)
+        with torch.inference_mode():
+            s_tr = np.empty(len(train_idx), np.float32)
+            for b in _length_batches([len(enc["input_ids"][i]) for i in train_idx], cfg.batch_size_eval):
+                s_tr[b] = forward(train_idx[b]).float().numpy()
+        calibration = _calibrate_segment_head(model, s_tr, y_all[train_idx])
     for p in model.parameters():
         p.requires_grad_(True)
 
@@ -596,7 +696,7 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
                "best_step": best["step"], "steps": step, "early_stopped": stopped,
                "n_train_pairs": int((~is_val).sum()), "n_val_pairs": int(is_val.sum()),
                "n_train_queries": len(train_q), "n_val_queries": len(val_q),
-               "train_seconds": round(time.time() - t0, 2)}
+               "train_seconds": round(time.time() - t0, 2), "calibration": calibration}
     out_dir = Path(out_dir)
     meta = {"format_version": FORMAT_VERSION, "version": version, "kind": "cross-encoder",
             "base_model": str(cfg.base_model or default_encoder_path()), "seed": seed, "config": cfg_json,

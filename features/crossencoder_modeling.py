@@ -59,11 +59,15 @@ class BertSegmentCosineForSequenceClassification(BertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, 1) if getattr(config, "cls_residual", False) else None
         self.post_init()
 
+    @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
         if module is getattr(self, "classifier", None):  # residual starts at exactly 0
-            nn.init.zeros_(module.weight)
-            nn.init.zeros_(module.bias)
+            module.weight.zero_()
+            module.bias.zero_()
+        if isinstance(module, BertSegmentCosineForSequenceClassification):
+            module.cos_scale.fill_(float(getattr(module.config, "cos_scale_init", 20.0)))
+            module.cos_bias.zero_()
 
     # -- pieces, so training can cache the frozen bottom and run only the top -------------------
     def segments(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:

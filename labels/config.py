@@ -42,8 +42,8 @@ class CausalLMSettings(_Strict):
 
 class GraderSettings(_Strict):
     dir: str | None = Field(None, description="fitted grader dir; None = fit on the dataset's judgments")
-    epochs: int = Field(4, ge=0, description="unused since grader format 2 (the ordinal head fits to convergence)")
-    n_unfrozen: int = Field(0, ge=0, le=0, description="must be 0: encoder layers are not fine-tuned (format 2)")
+    epochs: int = Field(4, ge=0, description="unused since grader format 2 (the head fits to convergence)")
+    n_unfrozen: int = Field(0, ge=0, le=0, description="must be 0: grader format 2 does not fine-tune layers")
     seed: int = 0
 
 

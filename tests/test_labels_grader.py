@@ -1,5 +1,6 @@
 """Fine-tuned local grader: tiny fit/save/load/grade, determinism, row independence, bad input.
 The full held-out ESCI comparison against the zero-shot grader is `slow`."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def _tiny():
     """4 queries x 4 products: an exact match, a related accessory, an unrelated item, another match."""
     qs, ps, gs = [], [], []
-    for q, kind in [("wireless mouse", "Mouse"), ("usb c cable", "Cable"), ("coffee mug", "Mug"),
-                    ("yoga mat", "Mat")]:
+    for q, kind in [
+        ("wireless mouse", "Mouse"),
+        ("usb c cable", "Cable"),
+        ("coffee mug", "Mug"),
+        ("yoga mat", "Mat"),
+    ]:
         for j, t in enumerate([f"Acme {q} deluxe", f"{kind} holder stand", "garden hose 50 ft", f"Best {q}"]):
             qs.append(q)
             ps.append({"title": t, "brand": "Acme", "category": f"Home > {kind}"})
@@ -118,6 +123,7 @@ def test_zero_shot_baseline_orders_tiny_set():
 @pytest.mark.slow
 def test_fine_tuned_beats_zero_shot_on_heldout_esci(tmp_path):
     from bench.bench_grader import esci_dir, run
+
     if not (esci_dir() / "judgments.parquet").exists():
         pytest.skip(f"ESCI sample not found at {esci_dir()} (set LTR_ESCI_DIR)")
     res = run(tmp_path, test_frac=0.3, seeds=[0])

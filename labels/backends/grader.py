@@ -13,6 +13,7 @@ Recipe (measured on held-out ESCI-sample queries; see bench/bench_grader.py), co
 Fitting is deterministic (float64 L-BFGS, fixed seeds, fixed thread count) and the version is a hash of
 (training data, config, format), so re-fitting on the same inputs reproduces the same cache keys.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -57,10 +58,10 @@ def encoder_text(product: Mapping[str, Any]) -> str:
 @dataclass
 class GraderConfig:
     features: tuple[str, ...] = DEFAULT_FEATURES
-    l2: float = 50.0                  # ridge penalty on the standardised coefficients (loss is a per-pair mean)
-    class_weight_power: float = 0.0   # weight_k ~ freq_k^-power (0 = plain likelihood)
-    inner_folds: int = 5              # query-grouped inner CV for the kappa cut points
-    n_reference: int = 256            # catalogue products kept as the per-query cosine reference
+    l2: float = 50.0  # ridge penalty on the standardised coefficients (loss is a per-pair mean)
+    class_weight_power: float = 0.0  # weight_k ~ freq_k^-power (0 = plain likelihood)
+    inner_folds: int = 5  # query-grouped inner CV for the kappa cut points
+    n_reference: int = 256  # catalogue products kept as the per-query cosine reference
     max_len_query: int = 24
     max_len_product: int = 64
     encode_batch: int = 64
@@ -76,14 +77,20 @@ class GraderConfig:
         self.features = tuple(self.features)
         unknown = [f for f in self.features if f not in EMBEDDING_FEATURES and f not in LEXICAL_FEATURES]
         if unknown or not self.features:
-            raise ValueError(f"GraderConfig.features: unknown {unknown or 'empty list'}. Fix: choose from "
-                             f"{list(EMBEDDING_FEATURES) + list(LEXICAL_FEATURES)}.")
+            raise ValueError(
+                f"GraderConfig.features: unknown {unknown or 'empty list'}. Fix: choose from "
+                f"{list(EMBEDDING_FEATURES) + list(LEXICAL_FEATURES)}."
+            )
         if self.n_unfrozen != 0:
-            raise ValueError(f"GraderConfig.n_unfrozen={self.n_unfrozen}: fine-tuning encoder layers is not "
-                             "supported since grader format 2. Fix: set grader.n_unfrozen to 0.")
+            raise ValueError(
+                f"GraderConfig.n_unfrozen={self.n_unfrozen}: fine-tuning encoder layers is not "
+                "supported since grader format 2. Fix: set grader.n_unfrozen to 0."
+            )
         if self.l2 < 0 or self.inner_folds < 0 or self.n_reference < 1 or self.num_threads < 1:
-            raise ValueError("GraderConfig: l2 >= 0, inner_folds >= 0, n_reference >= 1 and num_threads >= 1 "
-                             "are required. Fix: correct the value in the grader config.")
+            raise ValueError(
+                "GraderConfig: l2 >= 0, inner_folds >= 0, n_reference >= 1 and num_threads >= 1 "
+                "are required. Fix: correct the value in the grader config."
+            )
 
     def fingerprint_dict(self) -> dict[str, Any]:
         """What determines the fitted model (progress bars do not)."""
@@ -97,11 +104,14 @@ def _sha(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def training_fingerprint(queries: Sequence[str], products: Sequence[Mapping[str, Any]], grades: Sequence[int]
-                         ) -> str:
+def training_fingerprint(
+    queries: Sequence[str], products: Sequence[Mapping[str, Any]], grades: Sequence[int]
+) -> str:
     """Order-independent hash of the (query, product text, grade) training rows."""
-    rows = sorted(f"{q}\x1f{encoder_text(p)}\x1f{_clean(p.get('title'))}\x1f{int(g)}"
-                  for q, p, g in zip(queries, products, grades))
+    rows = sorted(
+        f"{q}\x1f{encoder_text(p)}\x1f{_clean(p.get('title'))}\x1f{int(g)}"
+        for q, p, g in zip(queries, products, grades)
+    )
     h = hashlib.sha1()
     for r in rows:
         h.update(r.encode())
@@ -114,11 +124,12 @@ class FineTunedGrader:
 
     def __init__(self, encoder_path: str | Path | None = None, config: GraderConfig | None = None):
         from ltr.data.models import default_encoder_path
+
         self.encoder_path = Path(encoder_path) if encoder_path else default_encoder_path()
         self.cfg = config or GraderConfig()
         self.thresholds: np.ndarray = np.array([0.5, 1.5, 2.5])
         self.model: OrdinalLogit | None = None
-        self.reference: np.ndarray | None = None   # (n_reference, dim) product embeddings
+        self.reference: np.ndarray | None = None  # (n_reference, dim) product embeddings
         self.meta: dict[str, Any] = {}
         self._version: str | None = None
 
@@ -127,21 +138,33 @@ class FineTunedGrader:
         return shared_encoder(self.encoder_path)
 
     # -- features ------------------------------------------------------------------------------
-    def _embed(self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], progress: bool
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _embed(
+        self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], progress: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         c = self.cfg
         with torch_threads(c.num_threads):
             qe = self.enc.embed(list(queries), c.max_len_query, c.encode_batch, progress, "embed queries")
-            pe = self.enc.embed([encoder_text(p) for p in products], c.max_len_product, c.encode_batch, progress,
-                                "embed products")
+            pe = self.enc.embed(
+                [encoder_text(p) for p in products],
+                c.max_len_product,
+                c.encode_batch,
+                progress,
+                "embed products",
+            )
             te = None
             if "cos_title" in c.features:
-                te = self.enc.embed([_clean(p.get("title")) for p in products], c.max_len_product, c.encode_batch,
-                                    progress, "embed titles")
+                te = self.enc.embed(
+                    [_clean(p.get("title")) for p in products],
+                    c.max_len_product,
+                    c.encode_batch,
+                    progress,
+                    "embed titles",
+                )
         return qe, pe, te
 
-    def _features(self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], progress: bool
-                  ) -> np.ndarray:
+    def _features(
+        self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], progress: bool
+    ) -> np.ndarray:
         """(n, len(features)) float64; every row depends only on its own pair (and the fitted reference)."""
         qe, pe, te = self._embed(queries, products, progress)
         assert self.reference is not None
@@ -157,64 +180,94 @@ class FineTunedGrader:
             lex = lexical_matrix(queries, products)
             for f in lex_names:
                 cols[f] = lex[:, LEXICAL_FEATURES.index(f)].astype(np.float64)
-        return np.stack([cols[f] for f in self.cfg.features], 1) if len(queries) else \
-            np.zeros((0, len(self.cfg.features)))
+        return (
+            np.stack([cols[f] for f in self.cfg.features], 1)
+            if len(queries)
+            else np.zeros((0, len(self.cfg.features)))
+        )
 
     def _pick_reference(self, products: Sequence[Mapping[str, Any]]) -> None:
         texts = sorted(set(encoder_text(p) for p in products))
         rng = np.random.default_rng(self.cfg.seed)
-        pick = [texts[i] for i in sorted(rng.choice(len(texts), min(self.cfg.n_reference, len(texts)),
-                                                    replace=False))]
+        pick = [
+            texts[i]
+            for i in sorted(rng.choice(len(texts), min(self.cfg.n_reference, len(texts)), replace=False))
+        ]
         with torch_threads(self.cfg.num_threads):
             self.reference = self.enc.embed(pick, self.cfg.max_len_product, self.cfg.encode_batch)
 
     # -- fit / predict -------------------------------------------------------------------------
-    def fit(self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], grades: Sequence[int]
-            ) -> "FineTunedGrader":
-        """Fit on human grades (0..3). Deterministic: same inputs and config give the same model and version."""
+    def fit(
+        self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], grades: Sequence[int]
+    ) -> "FineTunedGrader":
+        """Fit on human grades (0..3). Deterministic: same inputs and config give the same model + version."""
         g = np.asarray(grades)
         if len(g) != len(queries) or len(g) != len(products):
-            raise ValueError(f"fit: queries ({len(queries)}), products ({len(products)}) and grades ({len(g)}) "
-                             "must have the same length. Fix: pass one grade per (query, product) pair.")
+            raise ValueError(
+                f"fit: queries ({len(queries)}), products ({len(products)}) and grades ({len(g)}) "
+                "must have the same length. Fix: pass one grade per (query, product) pair."
+            )
         if len(g) < 8:
-            raise ValueError(f"fit: need at least 8 graded pairs, got {len(g)}. Fix: supply a larger seed set.")
-        if g.dtype.kind not in "iuf" or not np.all(np.isfinite(g.astype(float))) or g.min() < 0 or g.max() > 3 \
-                or np.any(g.astype(float) != np.round(g.astype(float))):
-            raise ValueError("fit: grades must be integers 0..3 (ESCI E/S/C/I = 3/2/1/0). Fix: map labels to 0..3.")
+            raise ValueError(
+                f"fit: need at least 8 graded pairs, got {len(g)}. Fix: supply a larger seed set."
+            )
+        if (
+            g.dtype.kind not in "iuf"
+            or not np.all(np.isfinite(g.astype(float)))
+            or g.min() < 0
+            or g.max() > 3
+            or np.any(g.astype(float) != np.round(g.astype(float)))
+        ):
+            raise ValueError(
+                "fit: grades must be integers 0..3 (ESCI E/S/C/I = 3/2/1/0). Fix: map labels to 0..3."
+            )
         g = g.astype(int)
         if len(np.unique(g)) < 2:
-            raise ValueError("fit: all grades are equal; the grader cannot learn an order. Fix: include pairs of "
-                             "at least two different grades.")
+            raise ValueError(
+                "fit: all grades are equal; the grader cannot learn an order. Fix: include pairs of "
+                "at least two different grades."
+            )
         t0 = time.perf_counter()
         self._pick_reference(products)
         X = self._features(queries, products, self.cfg.progress)
         t_feat = time.perf_counter() - t0
         self.model = OrdinalLogit(self.cfg.l2, self.cfg.class_weight_power).fit(X, g)
         groups = np.asarray(queries, dtype=object)
-        self.thresholds, oof = oof_thresholds(X, g, groups, self.cfg.l2, self.cfg.class_weight_power,
-                                              self.cfg.inner_folds, self.cfg.seed)
+        self.thresholds, oof = oof_thresholds(
+            X, g, groups, self.cfg.l2, self.cfg.class_weight_power, self.cfg.inner_folds, self.cfg.seed
+        )
         eg = self.model.predict_proba(X) @ np.arange(N_GRADES)
         fp = training_fingerprint(queries, products, g)
-        self._version = (f"v{GRADER_FORMAT_VERSION}-"
-                         f"{_sha([fp, self.cfg.fingerprint_dict(), GRADER_FORMAT_VERSION, self.encoder_path.name])[:10]}")
-        self.meta = {"format_version": GRADER_FORMAT_VERSION, "n_train_pairs": int(len(g)),
-                     "n_train_queries": len(set(queries)), "train_grade_counts": np.bincount(g, minlength=4).tolist(),
-                     "training_fingerprint": fp,
-                     "train_kappa_in_sample": quadratic_kappa(g, apply_thresholds(eg, self.thresholds)),
-                     "train_kappa_inner_cv": quadratic_kappa(g, apply_thresholds(oof, self.thresholds)),
-                     "train_spearman_inner_cv": spearman(oof, g),
-                     "coefficients": dict(zip(self.cfg.features, self.model.beta.round(4).tolist())),
-                     "seconds_features": round(t_feat, 2), "seconds_total": round(time.perf_counter() - t0, 2)}
+        self._version = (
+            f"v{GRADER_FORMAT_VERSION}-"
+            f"{_sha([fp, self.cfg.fingerprint_dict(), GRADER_FORMAT_VERSION, self.encoder_path.name])[:10]}"
+        )
+        self.meta = {
+            "format_version": GRADER_FORMAT_VERSION,
+            "n_train_pairs": int(len(g)),
+            "n_train_queries": len(set(queries)),
+            "train_grade_counts": np.bincount(g, minlength=4).tolist(),
+            "training_fingerprint": fp,
+            "train_kappa_in_sample": quadratic_kappa(g, apply_thresholds(eg, self.thresholds)),
+            "train_kappa_inner_cv": quadratic_kappa(g, apply_thresholds(oof, self.thresholds)),
+            "train_spearman_inner_cv": spearman(oof, g),
+            "coefficients": dict(zip(self.cfg.features, self.model.beta.round(4).tolist())),
+            "seconds_features": round(t_feat, 2),
+            "seconds_total": round(time.perf_counter() - t0, 2),
+        }
         return self
 
-    def predict_proba(self, queries: Sequence[str], products: Sequence[Mapping[str, Any]],
-                      progress: bool = False) -> np.ndarray:
+    def predict_proba(
+        self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], progress: bool = False
+    ) -> np.ndarray:
         """Grade distributions, shape (n, 4), rows sum to 1. Each row depends only on its own pair."""
         if self.model is None:
             raise RuntimeError("grader is not fitted. Fix: call fit(...) or FineTunedGrader.load(dir).")
         if len(queries) != len(products):
-            raise ValueError(f"predict_proba: {len(queries)} queries but {len(products)} products. Fix: pass "
-                             "one product per query.")
+            raise ValueError(
+                f"predict_proba: {len(queries)} queries but {len(products)} products. Fix: pass "
+                "one product per query."
+            )
         if not len(queries):
             return np.zeros((0, N_GRADES), np.float64)
         return self.model.predict_proba(self._features(queries, products, progress))
@@ -233,7 +286,7 @@ class FineTunedGrader:
         return {"model": self.model.to_dict(), "thresholds": [float(x) for x in self.thresholds]}
 
     def save(self, directory: str | Path) -> Path:
-        """Write weights.npz (reference embeddings) and grader.json (model, cut points, provenance) atomically."""
+        """Write weights.npz (reference embeddings) and grader.json (model, cuts, provenance) atomically."""
         if self.model is None or self.reference is None:
             raise RuntimeError("grader is not fitted; nothing to save. Fix: call fit(...) first.")
         d = Path(directory)
@@ -241,9 +294,14 @@ class FineTunedGrader:
         tmp = d / "weights.tmp.npz"
         np.savez(tmp, reference=self.reference.astype(np.float32))
         os.replace(tmp, d / "weights.npz")
-        meta = {**self.meta, "version": self.version, "config": self.cfg.fingerprint_dict() | {"progress": False},
-                **self._state(), "reference_sha1": hashlib.sha1(self.reference.astype(np.float32).tobytes()).hexdigest(),
-                "encoder": self.encoder_path.name}
+        meta = {
+            **self.meta,
+            "version": self.version,
+            "config": self.cfg.fingerprint_dict() | {"progress": False},
+            **self._state(),
+            "reference_sha1": hashlib.sha1(self.reference.astype(np.float32).tobytes()).hexdigest(),
+            "encoder": self.encoder_path.name,
+        }
         (d / "grader.json.tmp").write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(d / "grader.json.tmp", d / "grader.json")
         return d
@@ -252,15 +310,19 @@ class FineTunedGrader:
     def load(cls, directory: str | Path, encoder_path: str | Path | None = None) -> "FineTunedGrader":
         d = Path(directory)
         if not (d / "grader.json").exists() or not (d / "weights.npz").exists():
-            raise FileNotFoundError(f"{d}: no fitted grader (grader.json + weights.npz). Fix: fit one with "
-                                    "labels.run.fit_grader_on_dataset(...) or pass the right dir.")
+            raise FileNotFoundError(
+                f"{d}: no fitted grader (grader.json + weights.npz). Fix: fit one with "
+                "labels.run.fit_grader_on_dataset(...) or pass the right dir."
+            )
         try:
             meta = json.loads((d / "grader.json").read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{d / 'grader.json'}: not valid JSON ({e}). Fix: re-fit the grader.") from e
         if meta.get("format_version") != GRADER_FORMAT_VERSION:
-            raise ValueError(f"{d}: grader format {meta.get('format_version')} != {GRADER_FORMAT_VERSION}. "
-                             "Fix: re-fit the grader with this version of labels/.")
+            raise ValueError(
+                f"{d}: grader format {meta.get('format_version')} != {GRADER_FORMAT_VERSION}. "
+                "Fix: re-fit the grader with this version of labels/."
+            )
         cfg_d = dict(meta["config"])
         cfg_d["features"] = tuple(cfg_d["features"])
         g = cls(encoder_path, GraderConfig(**cfg_d))
@@ -268,8 +330,10 @@ class FineTunedGrader:
         with np.load(d / "weights.npz") as z:
             g.reference = z["reference"]
         if hashlib.sha1(g.reference.astype(np.float32).tobytes()).hexdigest() != meta.get("reference_sha1"):
-            raise ValueError(f"{d}: weights.npz does not match grader.json (version {meta.get('version')}). "
-                             "Fix: the directory is corrupt; re-fit or restore it.")
+            raise ValueError(
+                f"{d}: weights.npz does not match grader.json (version {meta.get('version')}). "
+                "Fix: the directory is corrupt; re-fit or restore it."
+            )
         g.thresholds = np.asarray(meta["thresholds"], dtype=float)
         g.meta = meta
         g._version = meta["version"]
@@ -279,18 +343,27 @@ class FineTunedGrader:
 class ZeroShotBiEncoderGrader:
     """Baseline: pretrained bi-encoder cosine, mapped to grades by the training grade distribution."""
 
-    def __init__(self, encoder_path: str | Path | None = None, max_len_query: int = 24, max_len_product: int = 64,
-                 num_threads: int = 1):
+    def __init__(
+        self,
+        encoder_path: str | Path | None = None,
+        max_len_query: int = 24,
+        max_len_product: int = 64,
+        num_threads: int = 1,
+    ):
         from ltr.data.models import default_encoder_path
+
         self.enc = shared_encoder(encoder_path or default_encoder_path())
         self.lq, self.lp, self.num_threads = max_len_query, max_len_product, num_threads
         self.thresholds = np.array([0.0, 0.0, 0.0])
 
-    def cosine(self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], progress: bool = False
-               ) -> np.ndarray:
+    def cosine(
+        self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], progress: bool = False
+    ) -> np.ndarray:
         with torch_threads(self.num_threads):
             qe = self.enc.embed(list(queries), self.lq, progress=progress, desc="embed queries")
-            pe = self.enc.embed([encoder_text(p) for p in products], self.lp, progress=progress, desc="embed products")
+            pe = self.enc.embed(
+                [encoder_text(p) for p in products], self.lp, progress=progress, desc="embed products"
+            )
         return (qe * pe).sum(1).astype(np.float64)
 
     def fit(self, queries, products, grades) -> "ZeroShotBiEncoderGrader":
@@ -309,8 +382,13 @@ class GraderBackend(Backend):
 
     name = "grader"
 
-    def __init__(self, grader_dir: str | Path, batch_size: int = 2048, prompt_version: str = "grader-features-v1",
-                 progress: bool = True):
+    def __init__(
+        self,
+        grader_dir: str | Path,
+        batch_size: int = 2048,
+        prompt_version: str = "grader-features-v1",
+        progress: bool = True,
+    ):
         if batch_size < 1:
             raise ValueError("GraderBackend: batch_size must be >= 1.")
         self.grader = FineTunedGrader.load(grader_dir)
@@ -322,13 +400,23 @@ class GraderBackend(Backend):
     def grade(self, pairs: Sequence[Pair], on_result: OnResult | None = None) -> list[LabelResult]:
         out: list[LabelResult] = []
         for i in range(0, len(pairs), self.batch_size):
-            chunk = pairs[i:i + self.batch_size]
-            probs = self.grader.predict_proba([p.query for p in chunk], [p.product for p in chunk],
-                                              progress=self.progress and len(chunk) > 256)
+            chunk = pairs[i : i + self.batch_size]
+            probs = self.grader.predict_proba(
+                [p.query for p in chunk],
+                [p.product for p in chunk],
+                progress=self.progress and len(chunk) > 256,
+            )
             hard = self.grader.predict_grade(probs)
             for pair, pr, h in zip(chunk, probs, hard):
-                r = LabelResult(pair.query_id, pair.product_id, tuple(float(x) for x in pr), self.name,
-                                self.model, self.prompt_version, hard_grade=int(h))
+                r = LabelResult(
+                    pair.query_id,
+                    pair.product_id,
+                    tuple(float(x) for x in pr),
+                    self.name,
+                    self.model,
+                    self.prompt_version,
+                    hard_grade=int(h),
+                )
                 out.append(r)
                 if on_result:
                     on_result(pair, r)

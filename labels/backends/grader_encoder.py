@@ -5,6 +5,7 @@ padding, sorted by length and batched so a batch pads only to its own longest te
 every embedding is memoised by (max_len, text), so 20,000 pairs over 6,000 products cost 6,000 encodes
 and a chunked backend never re-encodes a product it has already seen.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,6 +40,7 @@ class TextEncoder:
 
     def __init__(self, path: str | Path, max_memo: int = 500_000):
         from transformers import AutoModel, AutoTokenizer
+
         self.path = Path(path)
         self.tok = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModel.from_pretrained(str(path))
@@ -48,10 +50,17 @@ class TextEncoder:
         self._memo: dict[tuple[int, str], np.ndarray] = {}
 
     @torch.inference_mode()
-    def embed(self, texts: Sequence[str], max_len: int, batch: int = 64, progress: bool = False,
-              desc: str = "encode") -> np.ndarray:
+    def embed(
+        self,
+        texts: Sequence[str],
+        max_len: int,
+        batch: int = 64,
+        progress: bool = False,
+        desc: str = "encode",
+    ) -> np.ndarray:
         """Embeddings for `texts` (n, dim) float32; only texts not seen before are run through the model."""
         from tqdm.auto import tqdm
+
         todo = [t for t in dict.fromkeys(texts) if (max_len, t) not in self._memo]
         if todo:
             if len(self._memo) + len(todo) > self.max_memo:
@@ -60,9 +69,11 @@ class TextEncoder:
             order = sorted(range(len(todo)), key=lambda i: (-len(ids[i]), todo[i]))
             bar = tqdm(total=len(todo), disable=not progress, desc=desc, unit="text", leave=False)
             for s in range(0, len(order), batch):
-                idx = order[s:s + batch]
+                idx = order[s : s + batch]
                 enc = self.tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
-                h = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+                h = self.model(
+                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+                ).last_hidden_state
                 m = enc["attention_mask"][..., None].to(h.dtype)
                 e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1).numpy()
                 for i, v in zip(idx, e):

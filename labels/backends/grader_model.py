@@ -6,6 +6,7 @@ already a good ranker; what it lacks is calibration per query and a few exact-ma
 model is `score = x @ beta` over a handful of standardised features, P(grade > k) = sigmoid(score - c_k),
 fitted full-batch with L-BFGS in float64: deterministic, milliseconds, no thread nondeterminism.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,7 +69,7 @@ class OrdinalLogit:
                 dpj = -dc[:, col] * (y == col) + dc[:, col] * (y + 1 == col)
                 g_cut[j] = -(sw * dpj / p).sum() / n
             # chain rule through cuts = [b0, b0 + cumsum(exp(b1..))]
-            e = np.exp(w[d + 1:])
+            e = np.exp(w[d + 1 :])
             g_b = np.zeros(N_GRADES - 1)
             g_b[0] = g_cut.sum()
             for k in range(1, N_GRADES - 1):
@@ -79,7 +80,7 @@ class OrdinalLogit:
         q = np.cumsum(np.bincount(y, minlength=N_GRADES))[:-1] / n
         c0 = np.log(np.clip(q, 1e-3, 1 - 1e-3) / np.clip(1 - q, 1e-3, None))
         w0[d] = c0[0]
-        w0[d + 1:] = np.log(np.maximum(np.diff(c0), 1e-2))
+        w0[d + 1 :] = np.log(np.maximum(np.diff(c0), 1e-2))
         res = minimize(loss_grad, w0, jac=True, method="L-BFGS-B", options={"maxiter": 500})
         self.beta, self.cuts = self._unpack(res.x, d)
         return self
@@ -93,13 +94,21 @@ class OrdinalLogit:
         return p / p.sum(1, keepdims=True)
 
     def to_dict(self) -> dict:
-        return {"l2": self.l2, "class_weight_power": self.class_weight_power, "mu": self.mu.tolist(),
-                "sd": self.sd.tolist(), "beta": self.beta.tolist(), "cuts": self.cuts.tolist()}
+        return {
+            "l2": self.l2,
+            "class_weight_power": self.class_weight_power,
+            "mu": self.mu.tolist(),
+            "sd": self.sd.tolist(),
+            "beta": self.beta.tolist(),
+            "cuts": self.cuts.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "OrdinalLogit":
         m = cls(d["l2"], d.get("class_weight_power", 0.0))
-        m.mu, m.sd, m.beta, m.cuts = (np.asarray(d[k], dtype=np.float64) for k in ("mu", "sd", "beta", "cuts"))
+        m.mu, m.sd, m.beta, m.cuts = (
+            np.asarray(d[k], dtype=np.float64) for k in ("mu", "sd", "beta", "cuts")
+        )
         return m
 
 
@@ -111,8 +120,9 @@ def group_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.array([fold[g] for g in groups.tolist()], dtype=int)
 
 
-def oof_thresholds(X: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: float, cwp: float, k: int, seed: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def oof_thresholds(
+    X: np.ndarray, y: np.ndarray, groups: np.ndarray, l2: float, cwp: float, k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Kappa-optimal cut points on the expected grade, tuned on out-of-fold predictions (query-grouped inner
     CV), so they reflect how the model grades queries it has not seen. Returns (thresholds, oof expected)."""
     k = min(k, len(set(groups.tolist())))
