@@ -9,6 +9,11 @@ vs fp32 (reduced-precision paths).
 
 Without --model, a cross-encoder is built from all-MiniLM-L6-v2 with a seeded fresh head (speed and
 agreement do not depend on the head's training; pass a fine-tuned dir to measure that one).
+--head cls (default) measures the plain BertForSequenceClassification that sentence-transformers loads
+natively; --head segment_cosine measures our segment-cosine head, which sentence-transformers loads
+with trust_remote_code=True from the modeling file saved next to the weights. An untrained
+segment-cosine head's sigmoid saturates at 1.0, so for it (or with --raw-logits) both sides are
+compared on raw logits (our activation="none", ST's activation_fn=Identity), a stricter check.
 """
 from __future__ import annotations
 
@@ -29,11 +34,13 @@ from scipy.stats import spearmanr
 from bench.bench_ce_quality import esci_dir, load_esci
 
 
-def build_untrained(out: Path, max_length: int, seed: int = 0) -> Path:
-    from features.crossencoder import META_FILE, load_base_cross_encoder
+def build_untrained(out: Path, max_length: int, seed: int = 0, head: str = "cls") -> Path:
+    from features.crossencoder import META_FILE, CrossEncoderConfig, load_base_cross_encoder
 
     torch.manual_seed(seed)
-    model, tok = load_base_cross_encoder(None, max_length)
+    model, tok = load_base_cross_encoder(None, max_length, CrossEncoderConfig(head=head, max_length=max_length))
+    if head != "cls":
+        model.register_for_auto_class("AutoModelForSequenceClassification")
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     (out / META_FILE).write_text(json.dumps({"version": "untrained-head", "config": {"max_length": max_length}}))
@@ -51,6 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--backends", nargs="*", default=["torch", "torch-bf16", "onnx", "onnx-int8"])
     ap.add_argument("--limit", type=int, default=None, help="use the first N pairs (quick checks)")
+    ap.add_argument("--head", choices=["cls", "segment_cosine"], default="cls",
+                    help="head of the untrained model built when --model is not given")
+    ap.add_argument("--raw-logits", action="store_true", help="compare raw logits instead of sigmoid scores")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -60,7 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
     from features.text import pair_texts
 
     tmp = Path(tempfile.mkdtemp(prefix="ce_speed_"))
-    model_dir = Path(a.model) if a.model else build_untrained(tmp / "ce", a.max_length)
+    model_dir = Path(a.model) if a.model else build_untrained(tmp / "ce", a.max_length, head=a.head)
+    raw = a.raw_logits or (not a.model and a.head == "segment_cosine")
+    act = "none" if raw else "sigmoid"
     products, judg, queries = load_esci(esci_dir())
     ref_scorer = CrossEncoderScorer(model_dir)
     tk = {k: v for k, v in ref_scorer.meta.get("text", {}).items()}
@@ -69,11 +81,13 @@ def main(argv: list[str] | None = None) -> dict:
         qs, ts = qs[:a.limit], ts[:a.limit]
     pairs = list(zip(qs, ts))
 
-    st = CrossEncoder(str(model_dir), device="cpu", max_length=ref_scorer.max_length)
-    scorers = {b: CrossEncoderScorer(model_dir, backend=b, onnx_dir=tmp / "onnx", num_threads=a.threads)
-               for b in a.backends}
+    remote = (model_dir / "crossencoder_modeling.py").exists()  # our custom head ships its code
+    st = CrossEncoder(str(model_dir), device="cpu", max_length=ref_scorer.max_length, trust_remote_code=remote)
+    st_kw = {"activation_fn": torch.nn.Identity()} if raw else {}
+    scorers = {b: CrossEncoderScorer(model_dir, backend=b, onnx_dir=tmp / "onnx", num_threads=a.threads,
+                                     activation=act) for b in a.backends}
     runs = {"sentence_transformers": lambda: st.predict(pairs, batch_size=a.st_batch_size,
-                                                         show_progress_bar=False)}
+                                                         show_progress_bar=False, **st_kw)}
     for b, sc in scorers.items():
         runs[b] = (lambda sc=sc: sc.score(qs, ts, batch_size=a.batch_size))
     warm_q, warm_t = qs[:64], ts[:64]  # warm-up (ONNX sessions, allocator, oneDNN kernels)
@@ -92,7 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     ref = outs["sentence_transformers"]
     st_best = min(times["sentence_transformers"])
-    res = {"benchmark": "crossencoder_speed", "n_pairs": len(pairs), "model": str(a.model or "fresh-head MiniLM"),
+    res = {"benchmark": "crossencoder_speed", "n_pairs": len(pairs),
+           "model": str(a.model or f"fresh-head MiniLM ({a.head})"), "compared": "logits" if raw else "sigmoid",
+           "st_trust_remote_code": remote,
            "max_length": ref_scorer.max_length, "threads": a.threads, "rounds": a.rounds,
            "batch_size": a.batch_size, "st_batch_size": a.st_batch_size,
            "host": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),

@@ -1,10 +1,17 @@
 """Cross-encoder relevance feature: all-MiniLM-L6-v2 + a 1-logit head, fine-tuned on (LLM) labels.
 
 Why it looks like this:
-- Saved as a plain Hugging Face `AutoModelForSequenceClassification` (num_labels=1) + tokenizer +
-  `ltr_cross_encoder.json` (version, training config, metrics), so sentence-transformers'
-  `CrossEncoder(path)` loads the very same weights and any other local cross-encoder dir can be scored
-  by `CrossEncoderScorer(path)`.
+- Two heads (`CrossEncoderConfig.head`). Default "segment_cosine": one joint pass over
+  "[CLS] query [SEP] product [SEP]", score = scale * cos(mean query-segment states, mean product-segment
+  states) + bias (`crossencoder_modeling.py`). all-MiniLM-L6-v2 is a bi-encoder checkpoint, so this head
+  starts close to its cosine ranking, while a fresh [CLS] head ("cls") starts at random and measured
+  random-level held-out NDCG after CPU-budget fine-tuning. After training, a monotone Platt map is
+  folded into the segment head so sigmoid(logit) is a calibrated, non-saturated score.
+- Saved as a Hugging Face sequence classifier (num_labels=1) + tokenizer + `ltr_cross_encoder.json`
+  (version, training config, metrics). "cls" is a plain `BertForSequenceClassification` that
+  sentence-transformers' `CrossEncoder(path)` loads as is; "segment_cosine" ships its modeling file with
+  an `auto_map`, so `CrossEncoder(path, trust_remote_code=True)` loads the very same weights. Any other
+  local cross-encoder dir can be scored by `CrossEncoderScorer(path)`.
 - Training is *listwise per query* by default (softmax cross-entropy against softmax(T * score)): only
   the order within a query matters for ranking, and a pointwise MSE on a few thousand pairs spends the
   model's capacity on calibrating scores across queries (measured here: MSE fine-tunes lose to the
@@ -379,7 +386,14 @@ def load_base_cross_encoder(base_model: str | Path | None, max_length: int,
         conf.update({"ltr_head": HEAD_NAME, "segment_local_layers": cfg.segment_local_layers,
                      "segment_token_types": cfg.segment_token_types, "cls_residual": cfg.cls_residual,
                      "cos_scale_init": cfg.cos_scale_init, "sep_token_id": int(tok.sep_token_id or 102)})
-        model = BertSegmentCosineForSequenceClassification.from_pretrained(str(path), config=conf)
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the expected "cos_* missing, pooler unused" load report is noise
+        try:
+            model = BertSegmentCosineForSequenceClassification.from_pretrained(str(path), config=conf)
+        finally:
+            hf_logging.set_verbosity(level)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
     model.config.sentence_transformers = {"activation_fn": "torch.nn.modules.activation.Sigmoid"}
@@ -575,7 +589,7 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
                                      for q in sorted(train_q)}
     pad = int(tok.pad_token_id or 0)
     head = [p for n, p in model.named_parameters() if p.requires_grad and
-            (n.startswith(("classifier", "cos_")) or ".pooler." in n or n.startswith("pooler"))]
+            (n.startswith(("classifier", "cos_", "pooler")) or ".pooler." in n)]
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     opt = torch.optim.AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],

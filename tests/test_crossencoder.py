@@ -52,7 +52,8 @@ def tiny_world() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 
 TINY = CrossEncoderConfig(max_length=32, epochs=1, queries_per_batch=2, val_fraction=0.34, freeze_layers=4,
-                          head_lr=1e-2, lr=1e-4)
+                          head_lr=1e-2, lr=1e-4, head="segment_cosine", cls_residual=True)
+TINY_CLS = TINY.model_copy(update={"head": "cls", "cls_residual": False})
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +69,38 @@ def trained(world, tmp_path_factory):
     return out, meta
 
 
+@pytest.fixture(scope="module")
+def trained_cls(world, tmp_path_factory):
+    pairs, products, queries = world
+    out = tmp_path_factory.mktemp("ce_cls") / "model"
+    meta = fine_tune_cross_encoder(pairs, products, queries, out, TINY_CLS, seed=3, progress=False)
+    return out, meta
+
+
+@pytest.mark.slow  # a second fine-tune (~20 s on 2 busy cores); the [CLS] head is no longer the default
+def test_cls_head_is_a_plain_hf_cross_encoder(trained_cls, world):
+    from sentence_transformers import CrossEncoder
+
+    out, meta = trained_cls
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["BertForSequenceClassification"] and "auto_map" not in cfg
+    assert meta["config"]["head"] == "cls" and meta["metrics"]["steps"] == 2
+    pairs, products, queries = world
+    qs, ts = pair_texts(pairs, products, queries)
+    ours = CrossEncoderScorer(out).score(qs, ts, batch_size=7)
+    ref = CrossEncoder(str(out), device="cpu").predict(list(zip(qs, ts)), batch_size=16, show_progress_bar=False)
+    assert np.abs(ours - ref).max() < 1e-4 and ours.std() > 0
+
+
 def test_saved_as_hf_cross_encoder_with_metadata(trained, world):
     out, meta = trained
-    for f in ("config.json", "model.safetensors", "tokenizer.json", META_FILE):
+    for f in ("config.json", "model.safetensors", "tokenizer.json", META_FILE, "crossencoder_modeling.py"):
         assert (out / f).exists(), f
     cfg = json.loads((out / "config.json").read_text())
     assert len(cfg.get("id2label", {"0": "LABEL_0"})) == 1
-    assert cfg["architectures"] == ["BertForSequenceClassification"]
+    assert cfg["architectures"] == ["BertSegmentCosineForSequenceClassification"]
+    assert cfg["ltr_head"] == "segment_cosine"
+    assert cfg["auto_map"]["AutoModelForSequenceClassification"].startswith("crossencoder_modeling.")
     disk = json.loads((out / META_FILE).read_text())
     assert disk["version"] == meta["version"] and disk["version"].startswith("ce-")
     assert disk["config"]["max_length"] == 32 and disk["seed"] == 3
@@ -94,9 +120,11 @@ def test_sentence_transformers_loads_same_weights(trained, world):
     pairs, products, queries = world
     qs, ts = pair_texts(pairs, products, queries)
     ours = CrossEncoderScorer(out).score(qs, ts, batch_size=7)
-    ref = CrossEncoder(str(out), device="cpu").predict(list(zip(qs, ts)), batch_size=16, show_progress_bar=False)
+    # the custom head ships its code next to the weights (auto_map), so ST needs trust_remote_code
+    ref = CrossEncoder(str(out), device="cpu", trust_remote_code=True).predict(
+        list(zip(qs, ts)), batch_size=16, show_progress_bar=False)
     assert np.abs(ours - ref).max() < 1e-4
-    assert ours.std() > 0  # a real model, not a constant
+    assert ours.std() > 1e-3  # calibrated: sigmoid is not saturated, and a real model, not a constant
 
 
 def test_length_bucketing_is_order_and_batch_invariant(trained, world):
@@ -128,6 +156,43 @@ def test_cached_frozen_bottom_gives_the_same_logits(world):
         a = _top_forward(model, states, idx, 4)
         b = model(**_collate(enc, idx, 0)).logits[:, 0]
     assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("local", [0, 2])
+def test_cached_frozen_bottom_gives_the_same_logits_segment_head(world, local):
+    from features.crossencoder import _collate, _frozen_states, _tokenize_pairs, _top_forward, load_base_cross_encoder
+
+    pairs, products, queries = world
+    qs, ts = pair_texts(pairs, products, queries)
+    cfg = TINY.model_copy(update={"segment_local_layers": local})
+    model, tok = load_base_cross_encoder(None, 32, cfg)
+    model.eval()
+    enc = _tokenize_pairs(tok, qs, ts, 32)
+    states, _ = _frozen_states(model, enc, 3, 0, 16, False)
+    idx = list(range(12))
+    with torch.inference_mode():
+        a = _top_forward(model, states, idx, 3, enc["token_type_ids"])
+        batch = _collate(enc, idx, 0)
+        b = model(**batch).logits[:, 0]
+        del batch["token_type_ids"]  # segments are recovered from [SEP] when a caller omits them
+        c = model(**batch).logits[:, 0]
+    assert torch.allclose(a, b, atol=1e-4) and torch.allclose(b, c, atol=1e-5)
+
+
+def test_untrained_segment_head_starts_near_the_bi_encoder(world):
+    """The point of the head: before any training it already ranks like the bi-encoder cosine."""
+    from features.biencoder import BiEncoder
+    from features.crossencoder import _collate, _tokenize_pairs, load_base_cross_encoder
+
+    pairs, products, queries = world
+    qs, ts = pair_texts(pairs, products, queries)
+    model, tok = load_base_cross_encoder(None, 32, TINY)
+    enc = _tokenize_pairs(tok, qs, ts, 32)
+    with torch.inference_mode():
+        s = model.eval()(**_collate(enc, list(range(len(qs))), 0)).logits[:, 0].numpy()
+    bi = BiEncoder(max_length=32).cosine(qs, ts)
+    assert spearmanr(s, bi).statistic > 0.6
+    assert ndcg_at_k(pairs["query_id"], pairs["score"], s, k=3) > 0.8
 
 
 def test_length_batches_respect_limits():
