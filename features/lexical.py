@@ -162,6 +162,46 @@ class _FieldIndex:
         return np.asarray(self.bm25.get_scores(terms), dtype=np.float64)
 
 
+class LexicalIndex:
+    """Catalog-wide lexical state (BM25 per field, term sets, units, types), built once.
+
+    Shared by the offline feature build and request-time features, so both compute identical values.
+    """
+
+    def __init__(self, prods: pd.DataFrame) -> None:
+        def col(name: str) -> list[object]:
+            return list(prods[name]) if name in prods.columns else [None] * len(prods)
+
+        titles, bullets, descs = col("title"), col("bullet_points"), col("description")
+        self.brands, self.colors, cats = col("brand"), col("color"), col("category")
+        self.idx = {"title": _FieldIndex(titles), "bullets": _FieldIndex(bullets), "desc": _FieldIndex(descs)}
+        self.p_title_terms = [{_stem(t) for t in tokenize(x)} for x in titles]
+        self.p_all_terms = [{_stem(t) for t in tokenize(" ".join(str(v) for v in vals if isinstance(v, str)))}
+                            for vals in zip(titles, bullets, descs, self.brands, self.colors, cats)]
+        self.p_nu = [number_units(t) | number_units(b) for t, b in zip(titles, bullets)]
+        self.p_type = [product_type(c) for c in cats]
+
+    def features(self, query: str, docs: np.ndarray) -> np.ndarray:
+        """(len(docs), len(LEXICAL_FEATURES)) for one query against catalog row positions `docs`."""
+        q_tokens = tokenize(query)
+        q_terms = content_terms(q_tokens)
+        q_nu = number_units(query)
+        bm = {k: v.scores(q_terms)[docs] for k, v in self.idx.items()}
+        out = np.full((len(docs), len(LEXICAL_FEATURES)), np.nan)
+        for j, d in enumerate(docs):
+            be, bp = attribute_match(q_tokens, self.brands[d])
+            ce, cp = attribute_match(q_tokens, self.colors[d])
+            te, tp = attribute_match(q_tokens, self.p_type[d])
+            nm, nc = _num_features(q_nu, self.p_nu[d])
+            out[j] = (
+                bm["title"][j], np.nan if self.idx["bullets"].empty[d] else bm["bullets"][j],
+                np.nan if self.idx["desc"].empty[d] else bm["desc"][j],
+                _coverage(q_terms, self.p_title_terms[d]), _coverage(q_terms, self.p_all_terms[d]),
+                float(len(q_terms)), be, bp, ce, cp, te, tp, nm, nc,
+            )
+        return out
+
+
 def lexical_features(pairs: pd.DataFrame, queries: pd.DataFrame, products: pd.DataFrame,
                      progress: bool = True) -> pd.DataFrame:
     """Lexical features for each (query_id, product_id) pair.
@@ -187,39 +227,13 @@ def lexical_features(pairs: pd.DataFrame, queries: pd.DataFrame, products: pd.Da
         raise ValueError(f"lexical_features: {len(unknown_p)} product_id(s) in pairs are not in products, e.g. "
                          f"{sorted(unknown_p)[:3]}. Fix: pass the products table covering every pair.")
 
-    def col(name: str) -> list[object]:
-        return list(prods[name]) if name in prods.columns else [None] * len(prods)
-
-    titles, bullets, descs = col("title"), col("bullet_points"), col("description")
-    brands, colors, cats = col("brand"), col("color"), col("category")
-    idx = {"title": _FieldIndex(titles), "bullets": _FieldIndex(bullets), "desc": _FieldIndex(descs)}
-    p_title_terms = [{_stem(t) for t in tokenize(x)} for x in titles]
-    p_all_terms = [{_stem(t) for t in tokenize(" ".join(str(v) for v in vals if isinstance(v, str)))}
-                   for vals in zip(titles, bullets, descs, brands, colors, cats)]
-    p_nu = [number_units(t) | number_units(b) for t, b in zip(titles, bullets)]
-    p_type = [product_type(c) for c in cats]
-
+    index = LexicalIndex(prods)
     out = np.full((len(pairs), len(LEXICAL_FEATURES)), np.nan)
     pos = pidx.loc[pairs["product_id"]].to_numpy()
     groups = pd.Series(np.arange(len(pairs))).groupby(pairs["query_id"].to_numpy())
     for qid, rows in tqdm(groups, total=groups.ngroups, desc="lexical", disable=not progress, leave=False):
         rows = rows.to_numpy()
-        q_tokens = tokenize(qtext[qid])
-        q_terms = content_terms(q_tokens)
-        q_nu = number_units(qtext[qid])
-        docs = pos[rows]
-        bm = {k: v.scores(q_terms)[docs] for k, v in idx.items()}
-        for j, (r, d) in enumerate(zip(rows, docs)):
-            be, bp = attribute_match(q_tokens, brands[d])
-            ce, cp = attribute_match(q_tokens, colors[d])
-            te, tp = attribute_match(q_tokens, p_type[d])
-            nm, nc = _num_features(q_nu, p_nu[d])
-            out[r] = (
-                bm["title"][j], np.nan if idx["bullets"].empty[d] else bm["bullets"][j],
-                np.nan if idx["desc"].empty[d] else bm["desc"][j],
-                _coverage(q_terms, p_title_terms[d]), _coverage(q_terms, p_all_terms[d]), float(len(q_terms)),
-                be, bp, ce, cp, te, tp, nm, nc,
-            )
+        out[rows] = index.features(qtext[qid], pos[rows])
     res = pd.DataFrame(out, columns=list(LEXICAL_FEATURES))
     res.insert(0, "product_id", pairs["product_id"].to_numpy())
     res.insert(0, "query_id", pairs["query_id"].to_numpy())

@@ -99,45 +99,7 @@ class LRUCache:
         return len(self._d)
 
 
-class _LexicalIndex:
-    """The catalog-wide state of `features.lexical.lexical_features`, built once.
 
-    Mirrors that function step by step (same helpers, same order of fields) so values are identical.
-    """
-
-    def __init__(self, prods: pd.DataFrame) -> None:
-        def col(name: str) -> list[object]:
-            return list(prods[name]) if name in prods.columns else [None] * len(prods)
-
-        titles, bullets, descs = col("title"), col("bullet_points"), col("description")
-        self.brands, self.colors, cats = col("brand"), col("color"), col("category")
-        self.idx = {"title": L._FieldIndex(titles), "bullets": L._FieldIndex(bullets),
-                    "desc": L._FieldIndex(descs)}
-        self.p_title_terms = [{L._stem(t) for t in L.tokenize(x)} for x in titles]
-        self.p_all_terms = [{L._stem(t) for t in L.tokenize(" ".join(str(v) for v in vals if isinstance(v, str)))}
-                            for vals in zip(titles, bullets, descs, self.brands, self.colors, cats)]
-        self.p_nu = [L.number_units(t) | L.number_units(b) for t, b in zip(titles, bullets)]
-        self.p_type = [L.product_type(c) for c in cats]
-
-    def features(self, query: str, docs: np.ndarray) -> np.ndarray:
-        """(len(docs), len(LEXICAL_FEATURES)) for one query against catalog positions `docs`."""
-        q_tokens = L.tokenize(query)
-        q_terms = L.content_terms(q_tokens)
-        q_nu = L.number_units(query)
-        bm = {k: v.scores(q_terms)[docs] for k, v in self.idx.items()}
-        out = np.full((len(docs), len(L.LEXICAL_FEATURES)), np.nan)
-        for j, d in enumerate(docs):
-            be, bp = L.attribute_match(q_tokens, self.brands[d])
-            ce, cp = L.attribute_match(q_tokens, self.colors[d])
-            te, tp = L.attribute_match(q_tokens, self.p_type[d])
-            nm, nc = L._num_features(q_nu, self.p_nu[d])
-            out[j] = (
-                bm["title"][j], np.nan if self.idx["bullets"].empty[d] else bm["bullets"][j],
-                np.nan if self.idx["desc"].empty[d] else bm["desc"][j],
-                L._coverage(q_terms, self.p_title_terms[d]), L._coverage(q_terms, self.p_all_terms[d]),
-                float(len(q_terms)), be, bp, ce, cp, te, tp, nm, nc,
-            )
-        return out
 
 
 class OnDemandFeatures:
@@ -161,7 +123,7 @@ class OnDemandFeatures:
         self.pos = pd.Series(np.arange(len(self.products)), index=pd.Index(self.products["product_id"]))
         self._ce_src, self._bi_src = cross_encoder, bi_encoder
         self._ce = self._bi = None
-        self._lex: _LexicalIndex | None = None
+        self._lex: L.LexicalIndex | None = None
         self._prod: np.ndarray | None = None
         self._ce_text: dict[int, tuple[str, str]] = {}
         self._bi_text: dict[int, str] = {}
@@ -216,10 +178,10 @@ class OnDemandFeatures:
         return len(texts)
 
     # -- lazy state --------------------------------------------------------------------------------------
-    def _lexical(self) -> _LexicalIndex:
+    def _lexical(self) -> L.LexicalIndex:
         with self._lock:
             if self._lex is None:
-                self._lex = _LexicalIndex(self.products)
+                self._lex = L.LexicalIndex(self.products)
             return self._lex
 
     def _product(self) -> np.ndarray:

@@ -117,6 +117,11 @@ def ndcg_per_query(qid, score, grade, k: int = 10, gains: str | Mapping[int, flo
     return pd.Series(v, index=_index(qid), name=f"ndcg@{k}")
 
 
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den per query, NaN where den is 0 (a query with nothing to measure is not a zero)."""
+    return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
 def irrelevant_per_query(qid, score, grade, k: int = 10, tiebreak=None) -> pd.Series:
     """Share of grade-0 items among judged items in the top k (NaN if none judged)."""
     _, q, r = rank_order(qid, score, tiebreak)
@@ -125,8 +130,7 @@ def irrelevant_per_query(qid, score, grade, k: int = 10, tiebreak=None) -> pd.Se
     top = (r <= k) & ~np.isnan(g)
     n_judged = _per_query(q, np.ones(len(q)), top, nq)
     n_irr = _per_query(q, (g == 0).astype(float), top, nq)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        v = np.where(n_judged > 0, n_irr / np.where(n_judged > 0, n_judged, 1), np.nan)
+    v = _ratio(n_irr, n_judged)
     return pd.Series(v, index=_index(qid), name=f"irrelevant@{k}")
 
 
@@ -139,8 +143,7 @@ def recall_per_query(qid, score, events, k: int = 10, tiebreak=None) -> pd.Serie
     nq = q.max() + 1 if len(q) else 0
     tot = _per_query(q, e, np.ones(len(q), bool), nq)
     hit = _per_query(q, e, r <= k, nq)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        v = np.where(tot > 0, hit / np.where(tot > 0, tot, 1), np.nan)
+    v = _ratio(hit, tot)
     return pd.Series(v, index=_index(qid), name=f"recall@{k}")
 
 
