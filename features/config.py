@@ -44,6 +44,8 @@ class FeaturesConfig(BaseModel):
     static_timestamp: str = "2000-01-01T00:00:00Z"
     labeler_priority: list[str] = Field(default_factory=lambda: ["human", "llm", "grader", "engagement"])
     bulk_batch_rows: int = Field(50_000, ge=100)
+    #: memory map of the online SQLite file for fast reads (0 turns it off); pages are shared with the OS cache
+    sqlite_read_mmap_mb: int = Field(1024, ge=0)
 
     @field_validator("windows_days")
     @classmethod

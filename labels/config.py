@@ -5,7 +5,7 @@ the dataset's own human judgments (the seed set) when no fitted grader directory
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -32,6 +32,11 @@ class OpenAISettings(_Strict):
     max_tokens: int = Field(4, ge=1, le=512)
     top_logprobs: int = Field(10, ge=0, le=20)
     temperature: float = Field(0.0, ge=0, le=2)
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="server-specific request fields merged into every request, e.g. llama.cpp "
+                    "{'grammar': 'root ::= [0-3]'} or vLLM {'guided_choice': ['0','1','2','3']}",
+    )
 
 
 class CausalLMSettings(_Strict):

@@ -87,6 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
         mode = o._next_mode()
         with o.lock:
             o.received += 1
+            o.last_request = req
         time.sleep(o.latency if mode != "timeout" else o.timeout_sleep)
         if self._client_gone():
             with o.lock:
@@ -140,6 +141,7 @@ class OpenAIServer:
         self.lock = threading.Lock()
         self._script: deque[str] = deque()
         self.received = self.completed = self.aborted = 0
+        self.last_request: dict | None = None  # the last well-formed request body, for wire-level checks
         self.per_prompt: Counter[str] = Counter()
         self._srv: _Server | None = None
         self._thread: threading.Thread | None = None

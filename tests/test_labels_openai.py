@@ -72,6 +72,16 @@ def test_happy_path_distribution_from_logprobs(tmp_path):
         cache.close()
 
 
+def test_extra_body_reaches_the_server():
+    """Server-specific fields (a llama.cpp grammar) travel in the request body beside the standard ones."""
+    with OpenAIServer() as srv:
+        be = OpenAIBackend(_settings(srv, extra_body={"grammar": "root ::= [0-3]"}))
+        be.grade(_pairs(1))
+        req = srv.last_request
+        assert req["grammar"] == "root ::= [0-3]"
+        assert req["logprobs"] is True and req["top_logprobs"] == 10 and req["model"] == "local-test"
+
+
 @pytest.mark.parametrize("failure", ["429", "500", "malformed", "timeout"])
 def test_transient_failure_then_success(tmp_path, failure):
     pairs = _pairs(1)

@@ -126,6 +126,7 @@ class OpenAIBackend(Backend):
                              "max_tokens": self.s.max_tokens, "temperature": self.s.temperature}
         if self.s.top_logprobs:
             p.update(logprobs=True, top_logprobs=self.s.top_logprobs)
+        p.update(self.s.extra_body)  # e.g. a grammar that forces a small model to answer with one digit
         return p
 
     def _dollars(self, tin: int, tout: int) -> float:
