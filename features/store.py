@@ -16,7 +16,8 @@ row (~3k rows/s into SQLite here). `bulk_materialize` takes the latest row per e
 the parquet source, serializes keys and float values vectorised into exactly the bytes Feast writes
 (checked against Feast's own serializers on every call), and writes them with one executemany per
 batch (SQLite: a staged INSERT ... SELECT, so SQLite expands entities into Feast's row-per-feature
-layout itself) or one pipeline per batch (Redis). Online reads of the SQLite store use one SELECT per
+layout itself) or one hiredis-packed write of all commands per batch (Redis, as `redis-cli --pipe` does);
+both are checked byte for byte against Feast's writer in the tests. Online reads of the SQLite store use one SELECT per
 view over a memory-mapped read-only connection; `fast=False` goes through Feast's reader.
 """
 from __future__ import annotations
@@ -318,13 +319,30 @@ class LtrStore:
         r = self.cfg.redis
         return redis.Redis(host=r.host, port=r.port, db=r.db, password=r.password)
 
+    def _redis_batch(self, commands: list[tuple[bytes, ...]]) -> list[Any]:
+        """Send many commands in one write and read the replies: packed by hiredis in C, no per-command
+        pipeline bookkeeping (what `redis-cli --pipe` does for mass insertion). Error replies raise."""
+        import hiredis
+        import redis
+
+        r = self.cfg.redis
+        conn = redis.Connection(host=r.host, port=r.port, db=r.db, password=r.password)
+        try:
+            conn.connect()
+            conn.send_packed_command([b"".join(hiredis.pack_command(c) for c in commands)], check_health=False)
+            return [conn.read_response() for _ in commands]
+        finally:
+            conn.disconnect()
+
     def _bulk_redis(self, view: str, keys: list[str], feats: list[str], df: pd.DataFrame) -> None:
+        """Feast's Redis layout (one hash per entity: mmh3(view:feature) -> ValueProto, `_ts:view` ->
+        Timestamp proto), written with one batched read of the stored timestamps and one batched write."""
         from feast.infra.online_stores.helpers import _mmh3
         from google.protobuf.timestamp_pb2 import Timestamp
 
         project = self.cfg.project.encode("utf-8")
         rkeys = [k + project for k in encode_entity_keys(df, keys)]
-        ts_key = f"_ts:{view}"
+        ts_key = f"_ts:{view}".encode()
         ts = pd.to_datetime(df["event_timestamp"], utc=True)
         ts_ns = ts.astype("datetime64[ns, UTC]").astype("int64").to_numpy()
         cache: dict[int, bytes] = {}
@@ -333,25 +351,22 @@ class LtrStore:
             cache[int(t)] = p.SerializeToString()
         fkeys = [_mmh3(f"{view}:{f}") for f in feats]
         cols = [encode_doubles(df[f].to_numpy(dtype=np.float64)) for f in feats]
-        client = self._redis_client()
-        # Never overwrite a newer row (what Feast's writer guarantees too): one pipelined read first.
-        with client.pipeline(transaction=False) as pipe:
-            for k in rkeys:
-                pipe.hget(k, ts_key)
-            prev = pipe.execute()
-        with client.pipeline(transaction=False) as pipe:
-            for i, (k, old) in enumerate(zip(rkeys, prev)):
-                t = int(ts_ns[i])
-                if old is not None:
-                    o = Timestamp()
-                    o.ParseFromString(old)
-                    if o.seconds * 10**9 + o.nanos > t:
-                        continue
-                mapping = {ts_key: cache[t]}
-                for fk, c in zip(fkeys, cols):
-                    mapping[fk] = c[i]
-                pipe.hset(k, mapping=mapping)
-            pipe.execute()
+        # Never overwrite a newer row (what Feast's writer guarantees too): read the stored timestamps first.
+        prev = self._redis_batch([(b"HGET", k, ts_key) for k in rkeys])
+        writes = []
+        for i, (k, old) in enumerate(zip(rkeys, prev)):
+            t = int(ts_ns[i])
+            if old is not None:
+                o = Timestamp()
+                o.ParseFromString(old)
+                if o.seconds * 10**9 + o.nanos > t:
+                    continue
+            args = [b"HSET", k, ts_key, cache[t]]
+            for fk, c in zip(fkeys, cols):
+                args += (fk, c[i])
+            writes.append(tuple(args))
+        if writes:
+            self._redis_batch(writes)
 
     # -- retrieval ---------------------------------------------------------------------------------------
     def feature_refs(self, views: Iterable[str] | None = None, labels: bool = False) -> list[str]:

@@ -49,3 +49,16 @@ def test_online_redis_roundtrip(tmp_path_factory, redis_port):
     b = LtrStore(feat, FeaturesConfig(online_store="redis", redis=RedisConfig(port=redis_port, db=1)),
                  store_dir=feat / "b").apply()
     run_online_contract(a, b)
+    # byte-identical hashes (ValueProtos and Timestamp protos under Feast's field keys) to Feast's writer
+    want = redis_contents(redis_port, 0)
+    assert len(want) > 0
+    assert redis_contents(redis_port, 1) == want
+    b.bulk_materialize(progress=False)  # re-running is idempotent
+    assert redis_contents(redis_port, 1) == want
+
+
+def redis_contents(port: int, db: int) -> dict[bytes, dict[bytes, bytes]]:
+    import redis
+
+    c = redis.Redis(host="127.0.0.1", port=port, db=db)
+    return {k: c.hgetall(k) for k in c.scan_iter(count=1000)}
