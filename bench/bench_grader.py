@@ -37,13 +37,17 @@ def load_esci(root: Path | None = None) -> pd.DataFrame:
 def query_split(df: pd.DataFrame, test_frac: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     qs = np.array(sorted(df["query"].unique()))
     rng = np.random.default_rng(seed)
-    test_q = set(rng.choice(qs, size=max(1, int(round(test_frac * len(qs)))), replace=False))
+    test_q = set(rng.choice(qs, size=max(1, round(test_frac * len(qs))), replace=False))
     m = df["query"].isin(test_q)
     return df[~m].reset_index(drop=True), df[m].reset_index(drop=True)
 
 
 def _one_split(df: pd.DataFrame, test_frac: float, seed: int, save_dir: Path | None, cfg_kw: dict) -> dict:
-    from labels.backends.grader import FineTunedGrader, GraderConfig, ZeroShotBiEncoderGrader
+    from labels.backends.grader import (
+        FineTunedGrader,
+        GraderConfig,
+        ZeroShotBiEncoderGrader,
+    )
     from labels.metrics import apply_thresholds, quadratic_kappa, spearman
 
     tr, te = query_split(df, test_frac, seed)

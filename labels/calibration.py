@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from ltr.data.dataset import read_table, with_query_ids

@@ -50,6 +50,8 @@ class GraderSettings(_Strict):
     epochs: int = Field(4, ge=0, description="unused since grader format 2 (the head fits to convergence)")
     n_unfrozen: int = Field(0, ge=0, le=0, description="must be 0: grader format 2 does not fine-tune layers")
     seed: int = 0
+    features: list[str] | None = Field(
+        None, description="None = the default recipe; e.g. add 'maxsim_mean', 'maxsim_min' (token-level MaxSim)")
 
 
 class ImportedSettings(_Strict):

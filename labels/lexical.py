@@ -6,9 +6,11 @@ units, and whether every query word is present (the difference between Exact and
 """
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -72,8 +74,8 @@ def pair_features(query: str, product: Mapping[str, Any]) -> list[float]:
     qnums = _NUM.findall(query.lower())
     tnums = set(_NUM.findall(text_all))
     num_match = sum(n in tnums for n in qnums) / len(qnums) if qnums else 0.0
-    qb = set(zip(q, q[1:]))
-    bigram = len(qb & set(zip(title, title[1:]))) / len(qb) if qb else 0.0
+    qb = set(itertools.pairwise(q))
+    bigram = len(qb & set(itertools.pairwise(title))) / len(qb) if qb else 0.0
     cat = set(tokens(_s(product.get("category"))))
     return [_frac(q, tset), _frac(q, xset), partial, brand_in_q, float(bool(brand)), color_in_q, num_match,
             float(bool(qnums)), math.log1p(len(q)), math.log1p(len(title)), bigram, _frac(q, cat),

@@ -54,8 +54,13 @@ def fit_grader_on_dataset(ds: Dataset, out_dir: Path, cfg: LabelConfig, holdout_
     n_hold = int(round(holdout_frac * len(qs))) if len(qs) >= 5 else 0
     held = set(rng.choice(qs, size=n_hold, replace=False)) if n_hold else set()
     tr = j[~j["query_id"].isin(held)]
-    g = FineTunedGrader(config=GraderConfig(epochs=cfg.grader.epochs, n_unfrozen=cfg.grader.n_unfrozen,
-                                            seed=cfg.grader.seed))
+    extra = {"features": tuple(cfg.grader.features)} if cfg.grader.features else {}
+    try:
+        gcfg = GraderConfig(epochs=cfg.grader.epochs, n_unfrozen=cfg.grader.n_unfrozen, seed=cfg.grader.seed,
+                            **extra)
+    except ValueError as e:  # name the config field, not the internal dataclass
+        raise ValueError(f"label.grader.features: {e}") from None
+    g = FineTunedGrader(config=gcfg)
     g.fit(tr["query"].tolist(), tr.to_dict("records"), tr["grade"].to_numpy())
     d = out_dir / "grader"
     g.save(d)

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from labels.backends.base import Pair
-from labels.backends.grader import FineTunedGrader, GraderBackend, GraderConfig, ZeroShotBiEncoderGrader
+from labels.backends.grader import (
+    FineTunedGrader,
+    GraderBackend,
+    GraderConfig,
+    ZeroShotBiEncoderGrader,
+)
 from labels.metrics import spearman
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,6 +72,30 @@ def test_rows_do_not_depend_on_the_batch(fitted):
     full = fitted.predict_proba(qs, ps)
     sub = [5, 0, 13]
     assert np.allclose(fitted.predict_proba([qs[i] for i in sub], [ps[i] for i in sub]), full[sub], atol=1e-6)
+
+
+def test_maxsim_features_match_terms_and_survive_memo_clears():
+    """Late interaction (opt-in features): a title containing every query word covers each query piece (max
+    cosine ~1); an unrelated title covers them worse. Token vectors come back right even when the memo has to
+    be cleared."""
+    from labels.backends.grader import DEFAULT_FEATURES, MAXSIM_FEATURES
+    from labels.backends.grader_encoder import TextEncoder
+
+    tq, tp, tg = _tiny()
+    fitted = FineTunedGrader(config=_cfg(features=DEFAULT_FEATURES + MAXSIM_FEATURES)).fit(tq, tp, tg)
+    pr = fitted.predict_proba(tq[:5], tp[:5])
+    assert pr.shape == (5, 4) and np.allclose(pr.sum(1), 1)
+    qs = ["coffee mug", "coffee mug"]
+    ps = [{"title": "Acme coffee mug deluxe"}, {"title": "garden hose 50 ft"}]
+    mean, low = fitted._maxsim(qs, ps)
+    assert mean[0] > 0.8 and mean[0] > mean[1] and low[0] > low[1] and (low <= mean + 1e-9).all()
+    enc = TextEncoder(fitted.encoder_path, max_token_memo=2)
+    texts = ["coffee mug", "yoga mat", "usb c cable", "coffee mug"]
+    vecs = enc.token_vectors(texts, 16)
+    assert [len(v) for v in vecs] == [len(enc.tok.tokenize(t)) for t in texts]
+    assert np.allclose(vecs[0], vecs[3]) and vecs[0].dtype == np.float16
+    assert np.allclose(np.linalg.norm(vecs[1].astype(np.float32), axis=1), 1, atol=1e-2)
+    assert np.allclose(enc.token_vectors(["coffee mug"], 16)[0], vecs[0])
 
 
 def test_fit_is_deterministic_and_version_tracks_inputs(fitted):
@@ -129,3 +158,20 @@ def test_fine_tuned_beats_zero_shot_on_heldout_esci(tmp_path):
     res = run(tmp_path, test_frac=0.3, seeds=[0])
     assert res["mean"]["fine_tuned"]["kappa"] > res["mean"]["zero_shot"]["kappa"]
     assert res["mean"]["fine_tuned"]["spearman"] > res["mean"]["zero_shot"]["spearman"]
+
+
+def test_unknown_grader_feature_in_run_config_is_named(tmp_path):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from labels.config import LabelConfig
+    from labels.run import fit_grader_on_dataset
+
+    qs, ps, gs = _tiny()
+    prods = pd.DataFrame([{**p, "product_id": f"P{i}"} for i, p in enumerate(ps)])
+    judg = pd.DataFrame({"query_id": qs, "query": qs, "product_id": prods["product_id"], "grade": gs})
+    cfg = LabelConfig(grader={"features": ["cos", "maxsim_typo"]})
+    with pytest.raises(ValueError, match="label.grader.features.*maxsim_typo"):
+        fit_grader_on_dataset(SimpleNamespace(judgments=judg, products=prods), tmp_path, cfg)
+    assert not (tmp_path / "grader").exists()

@@ -3,22 +3,24 @@
 Why this exists: grading is dominated by the transformer forward pass. Texts are tokenised without
 padding, sorted by length and batched so a batch pads only to its own longest text (dynamic padding);
 every embedding is memoised by (max_len, text), so 20,000 pairs over 6,000 products cost 6,000 encodes
-and a chunked backend never re-encodes a product it has already seen.
+and a chunked backend never re-encodes a product it has already seen. The same forward pass can also keep
+the L2-normalised token vectors (float16, [CLS]/[SEP] dropped) for late-interaction (MaxSim) features, so
+token-level matching costs no extra encoding.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 DIM = 384
 _LOCK = threading.Lock()
-_ENCODERS: dict[str, "TextEncoder"] = {}
+_ENCODERS: dict[str, TextEncoder] = {}
 
 
 @contextlib.contextmanager
@@ -38,7 +40,7 @@ def torch_threads(n: int) -> Iterator[None]:
 class TextEncoder:
     """Mean-pooled, L2-normalised sentence embeddings (all-MiniLM-L6-v2 style)."""
 
-    def __init__(self, path: str | Path, max_memo: int = 500_000):
+    def __init__(self, path: str | Path, max_memo: int = 500_000, max_token_memo: int = 100_000):
         from transformers import AutoModel, AutoTokenizer
 
         self.path = Path(path)
@@ -48,6 +50,8 @@ class TextEncoder:
         self.dim = int(self.model.config.hidden_size)
         self.max_memo = max_memo
         self._memo: dict[tuple[int, str], np.ndarray] = {}
+        self.max_token_memo = max_token_memo
+        self._tok_memo: dict[tuple[int, str], np.ndarray] = {}
 
     @torch.inference_mode()
     def embed(
@@ -57,14 +61,22 @@ class TextEncoder:
         batch: int = 64,
         progress: bool = False,
         desc: str = "encode",
+        tokens: bool = False,
     ) -> np.ndarray:
-        """Embeddings for `texts` (n, dim) float32; only texts not seen before are run through the model."""
+        """Embeddings for `texts` (n, dim) float32; only texts not seen before are run through the model.
+        With `tokens=True` the texts' token vectors are memoised too (read them with `token_vectors`)."""
         from tqdm.auto import tqdm
 
-        todo = [t for t in dict.fromkeys(texts) if (max_len, t) not in self._memo]
+        todo = [
+            t
+            for t in dict.fromkeys(texts)
+            if (max_len, t) not in self._memo or (tokens and (max_len, t) not in self._tok_memo)
+        ]
         if todo:
             if len(self._memo) + len(todo) > self.max_memo:
                 self._memo.clear()
+            if tokens and len(self._tok_memo) + len(todo) > self.max_token_memo:
+                self._tok_memo.clear()
             ids = self.tok(todo, truncation=True, max_length=max_len)["input_ids"]
             order = sorted(range(len(todo)), key=lambda i: (-len(ids[i]), todo[i]))
             bar = tqdm(total=len(todo), disable=not progress, desc=desc, unit="text", leave=False)
@@ -76,13 +88,38 @@ class TextEncoder:
                 ).last_hidden_state
                 m = enc["attention_mask"][..., None].to(h.dtype)
                 e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1).numpy()
-                for i, v in zip(idx, e):
+                hn = torch.nn.functional.normalize(h, dim=-1).numpy() if tokens else None
+                for j, (i, v) in enumerate(zip(idx, e)):
                     self._memo[(max_len, todo[i])] = v.astype(np.float32)
+                    if hn is not None:
+                        n_tok = len(ids[i])  # [CLS] w1 .. wn [SEP]; keep the words only
+                        self._tok_memo[(max_len, todo[i])] = hn[j, 1 : max(n_tok - 1, 1)].astype(np.float16)
                 bar.update(len(idx))
             bar.close()
         if not len(texts):
             return np.zeros((0, self.dim), np.float32)
         return np.stack([self._memo[(max_len, t)] for t in texts])
+
+    def token_vectors(self, texts: Sequence[str], max_len: int, batch: int = 64) -> list[np.ndarray]:
+        """Per text, its L2-normalised word-piece vectors (n_tokens, dim) float16, encoding the texts that are
+        not memoised yet. Works in parts smaller than the memo, so a clear never drops a vector still needed."""
+        got: dict[str, np.ndarray] = {}
+        uniq = list(dict.fromkeys(texts))
+        step = max(1, self.max_token_memo // 2)
+        for s in range(0, len(uniq), step):
+            part = uniq[s : s + step]
+            missing = []
+            for t in part:
+                v = self._tok_memo.get((max_len, t))
+                if v is None:
+                    missing.append(t)
+                else:
+                    got[t] = v
+            if missing:
+                self.embed(missing, max_len, batch, tokens=True)
+                for t in missing:
+                    got[t] = self._tok_memo[(max_len, t)]
+        return [got[t] for t in texts]
 
 
 def shared_encoder(path: str | Path) -> TextEncoder:

@@ -38,7 +38,7 @@ class OrdinalLogit:
         b = w[d:]
         return w[:d], np.concatenate([b[:1], b[0] + np.cumsum(np.exp(b[1:]))])
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "OrdinalLogit":
+    def fit(self, X: np.ndarray, y: np.ndarray) -> OrdinalLogit:
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y, dtype=int)
         self.mu = X.mean(0)
@@ -104,7 +104,7 @@ class OrdinalLogit:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "OrdinalLogit":
+    def from_dict(cls, d: dict) -> OrdinalLogit:
         m = cls(d["l2"], d.get("class_weight_power", 0.0))
         m.mu, m.sd, m.beta, m.cuts = (
             np.asarray(d[k], dtype=np.float64) for k in ("mu", "sd", "beta", "cuts")
