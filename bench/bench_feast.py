@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import socket
@@ -114,7 +115,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     res: dict = {"rows": args.rows, "features_per_row": len(LEXICAL_FEATURES), "host": platform.node(),
-                 "cpus": __import__("os").cpu_count(), "backends": {}}
+                 "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(), "backends": {}}
     with tempfile.TemporaryDirectory(prefix="bench_feast_") as tmp:
         work = Path(tmp)
         qids = make_source(work / "features", args.rows)
@@ -136,6 +137,7 @@ def main() -> None:
                     proc.terminate()
                     proc.wait(timeout=10)
             print(kind, json.dumps(res["backends"][kind]), flush=True)
+    res["load_avg_end"] = os.getloadavg()
     (args.out / "bench_feast.json").write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))
 

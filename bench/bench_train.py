@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
         "rows_per_query": a.group, "threads": a.threads, "tree_method": "hist", "objective": "rank:ndcg",
         "ndcg_exp_gain": False, "lambdarank_pair_method": "topk", "lambdarank_truncation": model.eval_at,
         "data_gen_s": round(t_data, 2), "fit_s": round(t_fit, 2), "fit_cpu_s": round(cpu_fit, 2),
-        "note": "fit_s is wall time and includes waiting for a shared CPU; fit_cpu_s / threads approximates the wall time on idle cores (perfect scaling; spin-waiting inflates fit_cpu_s when cores are oversubscribed)",
+        "note": ("fit_s is wall time and includes waiting for a shared CPU; fit_cpu_s / threads approximates "
+                 "the wall time on idle cores (perfect scaling; spin-waiting inflates fit_cpu_s when cores "
+                 "are oversubscribed)"),
         "predict_100k_s": round(t_pred, 3), "goal_fit_s": 120, "meets_goal": t_fit < 120,
         "xgboost": xgboost.__version__, "python": platform.python_version(), "machine": platform.machine(),
         "cpu_count_visible": os.cpu_count(),

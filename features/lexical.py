@@ -26,7 +26,9 @@ LEXICAL_FEATURES = (
     "lex_type_exact", "lex_type_partial", "lex_num_match", "lex_num_conflict",
 )
 
-STOPWORDS = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were", "will", "with", "without", "w/", "per", "your", "you", "our", "my", "me", "i"])
+STOPWORDS = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is",
+                       "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were", "will", "with",
+                       "without", "w/", "per", "your", "you", "our", "my", "me", "i"])
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 _SPLIT_NUM_UNIT = re.compile(r"(?<=\d)(?=[a-z])|(?<=[a-z])(?=\d)")

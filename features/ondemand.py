@@ -196,7 +196,8 @@ class OnDemandFeatures:
             if self._ce is None:
                 from .crossencoder import CrossEncoderScorer
                 src = self._ce_src
-                self._ce = src if isinstance(src, CrossEncoderScorer) else CrossEncoderScorer(Path(src), backend=self.ce_backend)
+                self._ce = (src if isinstance(src, CrossEncoderScorer)
+                            else CrossEncoderScorer(Path(src), backend=self.ce_backend))
             return self._ce
 
     def _bi_encoder(self):
@@ -267,7 +268,8 @@ class OnDemandFeatures:
         from the online store or leaves them NaN).
         """
         if not isinstance(pairs, pd.DataFrame):
-            raise OnDemandError(f"pairs must be a DataFrame with columns query, product_id; got {type(pairs).__name__}.")
+            raise OnDemandError("pairs must be a DataFrame with columns query, product_id; "
+                                f"got {type(pairs).__name__}.")
         missing = [c for c in ("query", "product_id") if c not in pairs.columns]
         if missing:
             raise OnDemandError(f"pairs lacks column(s) {missing}. Fix: pass one row per (query text, product_id).")

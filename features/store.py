@@ -14,11 +14,11 @@ The repo config is rendered into STORE_DIR/feature_store.yaml (DuckDB offline st
 Why a bulk path: Feast's materialize converts every cell to a protobuf in Python and upserts row by
 row (~3k rows/s into SQLite here). `bulk_materialize` takes the latest row per entity straight from
 the parquet source, serializes keys and float values vectorised into exactly the bytes Feast writes
-(checked against Feast's own serializers on every call), and writes them with one executemany per
-batch (SQLite: a staged INSERT ... SELECT, so SQLite expands entities into Feast's row-per-feature
-layout itself) or one hiredis-packed write of all commands per batch (Redis, as `redis-cli --pipe` does);
-both are checked byte for byte against Feast's writer in the tests. Online reads of the SQLite store use one SELECT per
-view over a memory-mapped read-only connection; `fast=False` goes through Feast's reader.
+(checked against Feast's own serializers on every call), and writes one batch at a time (SQLite: a
+staged INSERT ... SELECT, so SQLite expands entities into Feast's row-per-feature layout itself; Redis:
+all of a batch's commands packed by hiredis and sent in one write, as `redis-cli --pipe` does). The tests
+check the stored bytes against Feast's own writer on both. Online reads of the SQLite store use one SELECT
+per view over a memory-mapped read-only connection; `fast=False` goes through Feast's reader.
 """
 from __future__ import annotations
 

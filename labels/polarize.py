@@ -23,7 +23,8 @@ def polarize(scores, alpha: float, beta: float, rescale: bool = True) -> np.ndar
     s = np.asarray(scores, dtype=float)
     if s.size and (np.isnan(s).any() or s.min() < 0 or s.max() > 1):
         raise ValueError("polarize: scores must be finite and within [0, 1]. Fix: pass labels.score.")
-    f = lambda x: 0.5 * (1.0 + np.tanh(0.5 * alpha * (x - beta)))  # numerically stable sigmoid
+    def f(x):  # numerically stable sigmoid
+        return 0.5 * (1.0 + np.tanh(0.5 * alpha * (x - beta)))
     y = f(s)
     if rescale:
         lo, hi = f(0.0), f(1.0)
@@ -40,7 +41,8 @@ def plot_polarization(alpha: float, beta: float, path: str | Path, rescale: bool
     x = np.linspace(0, 1, 201)
     fig, ax = plt.subplots(figsize=(4.5, 3.5), dpi=100)
     ax.plot(x, x, "--", color="grey", lw=1, label="identity")
-    ax.plot(x, polarize(x, alpha, beta, rescale), lw=2, label=f"α={alpha:g}, β={beta:g}" + (", rescaled" if rescale else ""))
+    ax.plot(x, polarize(x, alpha, beta, rescale), lw=2,
+            label=f"α={alpha:g}, β={beta:g}" + (", rescaled" if rescale else ""))
     ax.set_xlabel("LLM score s")
     ax.set_ylabel("polarized label")
     ax.set_xlim(0, 1)

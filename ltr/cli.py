@@ -115,7 +115,8 @@ def label(ctx: typer.Context,
           out: Optional[Path] = typer.Option(None, "--out", help="labels parquet to write."),
           config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt,
           backend: Optional[str] = typer.Option(None, help="grader | openai | causal_lm | cascade | imported"),
-          max_dollars: Optional[float] = typer.Option(None, "--max-dollars", help="Stop before spending more.")) -> None:
+          max_dollars: Optional[float] = typer.Option(None, "--max-dollars",
+                                                      help="Stop before spending more.")) -> None:
     """Grade every candidate pair of a dataset (cached, resumable, cost-accounted); write the labels table."""
     if ctx.invoked_subcommand is not None:
         return
@@ -130,7 +131,8 @@ def label(ctx: typer.Context,
 @_guard
 def label_calibrate(labels_path: Path = typer.Option(..., "--labels", help="labels parquet (ltr label --out)."),
                     dataset: Path = typer.Option(..., "--dataset", help="Dataset with human judgments."),
-                    out: Optional[Path] = typer.Option(None, "--out", help="Directory for the JSON + markdown report.")) -> None:
+                    out: Optional[Path] = typer.Option(None, "--out",
+                                                       help="Directory for the JSON + markdown report.")) -> None:
     """Agreement of LLM labels with human judgments: accuracy, quadratic kappa, Spearman, confusion matrix."""
     import pandas as pd
 

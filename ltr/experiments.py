@@ -226,8 +226,10 @@ def run_experiments(frames: FrameSource, cfg: ExperimentConfig | None = None, tr
     foot = [(f"Mean ± sample std over seeds {cfg.seeds} ({len(cfg.seeds)} runs per arm); tuned sigmoid "
             f"alpha={tuned.alpha:.3g}, beta={tuned.beta:.3g}, blend weight={tuned.blend_weight:.3g}.")]
     if claim is not None:
-        foot.append(f"Paper's claim (NDCG +5% rel., engagement >= -1%): content {100 * claim['content_rel_gain']:+.1f}%, "
-                    f"engagement {100 * claim['engagement_rel_change']:+.1f}% -> {'met' if claim['met'] else 'NOT met'}.")
+        foot.append("Paper's claim (NDCG +5% rel., engagement >= -1%): "
+                    f"content {100 * claim['content_rel_gain']:+.1f}%, "
+                    f"engagement {100 * claim['engagement_rel_change']:+.1f}% -> "
+                    f"{'met' if claim['met'] else 'NOT met'}.")
     for sk in skipped:
         foot.append(f"Skipped {sk.get('arm', 'group ' + sk['group'])}: {sk['reason']}.")
     foot += list(notes or [])

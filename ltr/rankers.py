@@ -287,7 +287,8 @@ class LGBMLambdaMART(_RankerBase):
         self = cls()
         self.model_ = model
         self.feature_names_ = list(feature_names or self._booster().feature_name())
-        self.best_iteration_ = int(getattr(model, "best_iteration_", None) or getattr(model, "best_iteration", -1) or -1)
+        self.best_iteration_ = int(getattr(model, "best_iteration_", None)
+                                   or getattr(model, "best_iteration", -1) or -1)
         return self
 
 

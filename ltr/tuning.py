@@ -58,7 +58,8 @@ def _score(cfg: TrainConfig, fit_part: pd.DataFrame, tune_part: pd.DataFrame, fe
     summary, _ = evaluate_ranker(model, tune_part, cfg)
     content, eng = summary.get(f"ndcg@{cfg.k}", np.nan), summary.get(cfg.engagement_metric, np.nan)
     if not (np.isfinite(content) and np.isfinite(eng)):
-        raise TuningError(f"tuning split gives no {'content NDCG' if not np.isfinite(content) else cfg.engagement_metric}."
+        raise TuningError("tuning split gives no "
+                          f"{'content NDCG' if not np.isfinite(content) else cfg.engagement_metric}."
                           f" Fix: the frame needs '{cfg.columns.grade}' and the held-out engagement columns "
                           "for the tuning queries.")
     return summary
@@ -210,7 +211,8 @@ def tune(frame: pd.DataFrame, train_cfg: TrainConfig | None = None, tune_cfg: Tu
         todo = max(0, t.n_trials - len(done))
         if not study.trials:
             d = train_cfg.target
-            first = {"alpha": float(np.clip(d.alpha or 10.0, *t.alpha_range)), "beta": float(np.clip(d.beta, *t.beta_range)),
+            first = {"alpha": float(np.clip(d.alpha or 10.0, *t.alpha_range)),
+                     "beta": float(np.clip(d.beta, *t.beta_range)),
                      "blend_weight": float(np.clip(d.blend_weight, *t.blend_weight_range))}
             if t.tune_model_params:
                 m = train_cfg.model

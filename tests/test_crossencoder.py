@@ -239,7 +239,8 @@ def test_bad_input_is_rejected_and_leaves_saved_model_intact(trained, world):
     with pytest.raises(ValueError, match="duplicate"):
         fine_tune_cross_encoder(pd.concat([pairs, pairs.head(1)]), products, queries, out, TINY, progress=False)
     with pytest.raises(KeyError, match="product_id"):
-        fine_tune_cross_encoder(pairs.assign(product_id=[f"nope{i}" for i in range(len(pairs))]), products, queries, out, TINY, progress=False)
+        fine_tune_cross_encoder(pairs.assign(product_id=[f"nope{i}" for i in range(len(pairs))]), products, queries,
+                                out, TINY, progress=False)
     with pytest.raises(ValidationError, match="extra_forbidden|Extra inputs"):
         CrossEncoderConfig(max_len=32)
     with pytest.raises(ValidationError, match="text_fields"):

@@ -27,7 +27,8 @@ ESCI_GAIN = {3: 1.0, 2: 0.1, 1: 0.01, 0: 0.0}
 
 
 def esci_dir() -> Path:
-    return Path(os.environ.get("LTR_ESCI_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esci")
+    return Path(os.environ.get("LTR_ESCI_DIR")
+                or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esci")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,8 @@ def test_request_time_features_equal_the_offline_functions(setup):
     j = ds.judgments
     got = OnDemandFeatures(ds.products).compute(j[["query", "product_id"]])
     lex = lexical_features(j[["query_id", "product_id"]], ds.queries, ds.products, progress=False)
-    assert np.array_equal(got[list(LEXICAL_FEATURES)].to_numpy(), lex[list(LEXICAL_FEATURES)].to_numpy(), equal_nan=True)
+    assert np.array_equal(got[list(LEXICAL_FEATURES)].to_numpy(), lex[list(LEXICAL_FEATURES)].to_numpy(),
+                          equal_nan=True)
     prod = product_features(ds.products).set_index("product_id").loc[j["product_id"]]
     assert np.array_equal(got[list(PRODUCT_FEATURES)].to_numpy(), prod[list(PRODUCT_FEATURES)].to_numpy(),
                           equal_nan=True)

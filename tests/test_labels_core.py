@@ -61,7 +61,8 @@ def test_metrics_known_values():
     rng = np.random.default_rng(0)
     noisy = g + rng.normal(0, 0.8, 100)
     t = tune_thresholds(noisy, g)
-    assert quadratic_kappa(g, apply_thresholds(noisy, t)) >= quadratic_kappa(g, apply_thresholds(noisy, [0.5, 1.5, 2.5]))
+    assert (quadratic_kappa(g, apply_thresholds(noisy, t))
+            >= quadratic_kappa(g, apply_thresholds(noisy, [0.5, 1.5, 2.5])))
 
 
 def _labels(qs, pids, scores, grades=None):

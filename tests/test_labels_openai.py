@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from openai_server import OpenAIServer, distribution_for, grade_for
 
 from labels.backends.base import LabelerError, Pair
 from labels.backends.openai import OpenAIBackend, parse_grade
@@ -22,7 +23,6 @@ from labels.cost import CostMeter
 from labels.run import label_pairs
 from ltr.data.dataset import read_table, write_table
 from ltr.data.schemas import LABELS, query_id
-from openai_server import OpenAIServer, distribution_for, grade_for
 
 REPO = Path(__file__).resolve().parents[1]
 

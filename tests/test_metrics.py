@@ -105,7 +105,8 @@ def test_bad_input_is_named():
 
 
 def _esci_dir() -> Path:
-    return Path(os.environ.get("LTR_ESCI_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esci")
+    return Path(os.environ.get("LTR_ESCI_DIR")
+                or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esci")
 
 
 def test_real_esci_sample_ordering():

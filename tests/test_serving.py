@@ -109,7 +109,8 @@ def test_rank_equals_model_on_offline_features(world, client):
     body = r.json()
     assert body["store"] == "ok" and body["model_version"] == "1" and body["n_candidates"] == len(pids)
     scores = [x["score"] for x in body["results"]]
-    assert scores == sorted(scores, reverse=True) and [x["rank"] for x in body["results"]] == list(range(1, len(pids) + 1))
+    assert (scores == sorted(scores, reverse=True)
+            and [x["rank"] for x in body["results"]] == list(range(1, len(pids) + 1)))
     assert sorted(x["product_id"] for x in body["results"]) == sorted(pids)
     offline = _offline_frame(world, q, pids)
     expected = T.load_model(world["uri"]).predict(offline, missing="nan")

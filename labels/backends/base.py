@@ -88,5 +88,6 @@ class Backend(ABC):
 
     stopped_reason: str | None = None
 
-    def close(self) -> None:  # pragma: no cover - default no-op
-        pass
+    def close(self) -> None:  # noqa: B027  (concrete no-op on purpose; pragma: no cover)
+        """Release held resources. Deliberately a concrete no-op, not abstract: most backends hold none,
+        so subclasses override it only when they do."""

@@ -210,11 +210,15 @@ class OpenAIBackend(Backend):
             tasks = [asyncio.create_task(work(i, p)) for i, p in enumerate(pairs)]
             try:
                 await asyncio.gather(*tasks)
-            except BaseException:
+            except BaseException as exc:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                raise failure[0] if failure else LabelerError("labelling was cancelled")
+                if failure:
+                    # Re-raise the failing task's own exception as is (usually `exc` itself); chaining it
+                    # `from exc` / `from None` would overwrite its own __cause__.
+                    raise failure[0]  # noqa: B904
+                raise LabelerError("labelling was cancelled") from exc
         return [results[i] for i in sorted(results)]
 
     def grade(self, pairs: Sequence[Pair], on_result: OnResult | None = None) -> list[LabelResult]:

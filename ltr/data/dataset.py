@@ -22,8 +22,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .schemas import (CANDIDATES, IMPRESSIONS, JUDGMENTS, PRODUCTS, QUERIES, SCHEMAS, TRUTH, SchemaError,
-                      TableSchema, query_id)
+from .schemas import (
+    CANDIDATES,
+    IMPRESSIONS,
+    JUDGMENTS,
+    PRODUCTS,
+    QUERIES,
+    SCHEMAS,
+    TRUTH,
+    SchemaError,
+    TableSchema,
+    query_id,
+)
 
 REQUIRED_TABLES = ("products", "judgments")
 OPTIONAL_TABLES = ("queries", "candidates", "impressions", "truth")
