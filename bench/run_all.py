@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 BENCHES = ["bench_world", "bench_train", "bench_feast", "bench_crossencoder", "bench_labeler",
-           "bench_serving", "bench_grader", "bench_ce_quality"]
+           "bench_serving", "bench_grader", "bench_ce_quality", "bench_ce_transfer"]
 
 
 def main(argv: list[str] | None = None) -> int:

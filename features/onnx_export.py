@@ -40,11 +40,14 @@ def export_onnx(model, out_path: Path) -> Path:
 
 
 def quantize_int8(fp32_path: Path, out_path: Path) -> Path:
-    """Dynamic int8 quantisation of the MatMul weights (activations quantised on the fly)."""
+    """Dynamic int8 quantisation of the MatMul weights (activations quantised on the fly), one scale per
+    output channel: on the fine-tuned cross-encoder and the 4,135 ESCI pairs, Spearman vs fp32 rose from
+    0.970 (one scale per tensor) to 0.995 at the same speed."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = out_path.with_suffix(".tmp.onnx")
-    quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                     per_channel=True)
     os.replace(tmp, out_path)
     return out_path
 
@@ -53,7 +56,7 @@ def onnx_paths(model_dir: str | Path, onnx_dir: str | Path | None = None) -> tup
     model_dir = Path(model_dir)
     base = Path(onnx_dir) if onnx_dir else model_dir / "onnx"
     tag = _weights_hash(model_dir)
-    return base / f"model-{tag}.onnx", base / f"model-{tag}-int8.onnx"
+    return base / f"model-{tag}.onnx", base / f"model-{tag}-int8pc.onnx"  # pc: per-channel (older: per-tensor)
 
 
 def ort_session(model_dir: str | Path, model, quantize: bool = False, onnx_dir: str | Path | None = None,
