@@ -85,6 +85,8 @@ class CrossEncoderConfig(BaseModel):
     probe_l2: float = Field(1e-3, ge=0, description="L2 penalty of the linear-probe head fit")
     distill_weight: float = Field(0.0, ge=0, description="weight of a listwise KL to bi-encoder cosine")
     distill_temperature: float = Field(20.0, gt=0)
+    distill_teacher: str | None = Field(None, description="bi-encoder dir for the distillation target; None = "
+                                        "base_model (set it when base_model is itself a fine-tuned cross-encoder)")
     val_fraction: float = Field(0.2, ge=0, lt=1, description="share of queries held out for early stopping")
     evals_per_epoch: int = Field(1, ge=1)
     patience: int = Field(2, ge=1, description="evaluations without improvement before stopping")
@@ -583,7 +585,7 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
     teacher = None
     if cfg.distill_weight > 0:
         from .biencoder import BiEncoder
-        teacher = BiEncoder(cfg.base_model, max_length=128).cosine(qs, ts, progress=progress)
+        teacher = BiEncoder(cfg.distill_teacher or cfg.base_model, max_length=128).cosine(qs, ts, progress=progress)
 
     groups: dict[str, np.ndarray] = {q: np.flatnonzero((pairs["query_id"] == q).to_numpy() & ~is_val)
                                      for q in sorted(train_q)}

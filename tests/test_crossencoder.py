@@ -270,3 +270,18 @@ def test_fine_tuning_learns_the_tiny_world(world, tmp_path):
     qs, ts = pair_texts(pairs, products, queries)
     s = CrossEncoderScorer(tmp_path / "m").score(qs, ts)
     assert ndcg_at_k(pairs["query_id"], pairs["score"], s, k=3) > 0.9
+
+
+def test_continue_from_a_cross_encoder_with_a_separate_distillation_teacher(trained, world, tmp_path):
+    """base_model may be a fine-tuned cross-encoder (e.g. one trained on the world's LLM labels); the
+    distillation target then comes from `distill_teacher`, a plain bi-encoder, checked before training."""
+    pairs, products, queries = world
+    cfg = TINY.model_copy(update={"base_model": str(trained[0]), "distill_weight": 1.0,
+                                  "distill_teacher": str(tmp_path / "no-such-encoder")})
+    with pytest.raises(FileNotFoundError, match="no-such-encoder"):
+        fine_tune_cross_encoder(pairs, products, queries, tmp_path / "bad", cfg, seed=3, progress=False)
+    cfg = cfg.model_copy(update={"distill_teacher": str(default_encoder_path())})
+    meta = fine_tune_cross_encoder(pairs, products, queries, tmp_path / "m", cfg, seed=3, progress=False)
+    assert meta["config"]["distill_teacher"] == str(default_encoder_path())
+    qs, ts = pair_texts(pairs, products, queries)
+    assert np.isfinite(CrossEncoderScorer(tmp_path / "m").score(qs, ts)).all()
