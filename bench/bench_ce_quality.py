@@ -24,12 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ltr.data.esci import esci_sample_dir as esci_dir
+
 ESCI_GAINS = {3: 1.0, 2: 0.1, 1: 0.01, 0: 0.0}
-
-
-def esci_dir() -> Path:
-    env = os.environ.get("LTR_ESCI_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esci"
 
 
 def load_esci(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -19,10 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-
-def esci_dir() -> Path:
-    env = os.environ.get("LTR_ESCI_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esci"
+from ltr.data.esci import esci_sample_dir as esci_dir
 
 
 def load_esci(root: Path | None = None) -> pd.DataFrame:

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ltr.data.esci import esci_sample_dir
+
 
 def _pcts(xs: list[float]) -> dict[str, float]:
     a = np.asarray(xs, float)
@@ -156,7 +158,7 @@ def main() -> None:
     a = ap.parse_args()
     ds = a.dataset
     if ds is None:
-        esci = Path(os.environ.get("LTR_ESCI_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "esci")
+        esci = esci_sample_dir()
         ds = esci if (esci / "judgments.parquet").exists() else None
     r = run(a.out, ds, a.candidates, a.cold, a.warm, tiny=a.tiny, threads=a.threads,
             precompute=a.precompute, ce_backend=a.ce_backend)

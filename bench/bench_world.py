@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ltr.data.esci import esci_sample_dir
 from ltr.data.world import WorldConfig, generate_world
 
 
@@ -40,7 +41,7 @@ def main() -> None:
                          "truth_grade_distribution": s["truth_grade_distribution"],
                          "judgment_agreement_with_truth": s["judgment_agreement_with_truth"]})
             print(json.dumps(runs[-1]))
-        esci = Path(os.environ.get("LTR_ESCI_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/esci"))
+        esci = esci_sample_dir()
         esci_res = None
         if (esci / "judgments.parquet").exists():
             from ltr.data.engagement import simulate_engagement

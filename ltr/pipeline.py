@@ -370,9 +370,9 @@ def run_all(cfg: RunConfig, out: str | Path, skip_experiments: bool = False) -> 
 
 
 def default_esci_dir() -> Path | None:
+    """$LTR_ESCI_DIR as given, else the shared sample when it is there."""
     import os
-    env = os.environ.get("LTR_ESCI_DIR")
-    if env:
-        return Path(env)
-    p = Path(__file__).resolve().parents[2] / "shared" / "data" / "esci"
-    return p if p.exists() else None
+
+    from .data.esci import esci_sample_dir
+    p = esci_sample_dir()
+    return p if os.environ.get("LTR_ESCI_DIR") or p.exists() else None

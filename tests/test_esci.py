@@ -3,7 +3,6 @@ simulated engagement over a real catalog."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -11,18 +10,13 @@ import pytest
 
 from ltr.data.dataset import Dataset, DatasetError
 from ltr.data.engagement import simulate_engagement
-from ltr.data.esci import ORIGINAL_EXAMPLES, ORIGINAL_PRODUCTS, load_esci
+from ltr.data.esci import ORIGINAL_EXAMPLES, ORIGINAL_PRODUCTS, esci_sample_dir, load_esci
 from ltr.data.schemas import query_id
-
-
-def _esci_dir() -> Path:
-    env = os.environ.get("LTR_ESCI_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esci"
 
 
 @pytest.fixture(scope="module")
 def shared_esci(tmp_path_factory) -> Path:
-    src = _esci_dir()
+    src = esci_sample_dir()
     if not (src / "judgments.parquet").exists():
         pytest.skip(f"shared ESCI sample not found at {src} (set LTR_ESCI_DIR to its folder)")
     out = tmp_path_factory.mktemp("esci")

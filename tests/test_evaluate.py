@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from features.ondemand import OnDemandError, OnDemandFeatures
 from features.product import PRODUCT_FEATURES, product_features
 from ltr import tracking as T
 from ltr.data.dataset import Dataset, DatasetError
+from ltr.data.esci import esci_sample_dir
 from ltr.data.schemas import SchemaError
 from ltr.evaluate import evaluate_dataset
 from ltr.serving.demo import demo_dataset, train_and_register
@@ -24,11 +24,6 @@ from ltr.serving.model import ServingError
 
 FEATURES = list(LEXICAL_FEATURES) + list(PRODUCT_FEATURES) + ["eng_qp_ctr_7d"]
 ESCI_GAIN = {3: 1.0, 2: 0.1, 1: 0.01, 0: 0.0}
-
-
-def esci_dir() -> Path:
-    return Path(os.environ.get("LTR_ESCI_DIR")
-                or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esci")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +114,7 @@ def test_max_queries_subsets_deterministically(setup):
 
 
 def test_evaluate_on_the_shared_esci_sample(setup, tmp_path):
-    d = esci_dir()
+    d = esci_sample_dir()
     if not (d / "judgments.parquet").exists():
         pytest.skip(f"shared ESCI sample not found at {d} (set LTR_ESCI_DIR to its directory)")
     r = evaluate_dataset(d, setup["uri"], tmp_path / "esci.json", progress=False)

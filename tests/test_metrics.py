@@ -1,13 +1,12 @@
 """ltr.metrics against hand-computed cases."""
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from ltr import metrics as M
+from ltr.data.esci import esci_sample_dir
 from ltr.train_config import FrameColumns
 
 L2_3 = math.log2(3)
@@ -104,13 +103,8 @@ def test_bad_input_is_named():
         M.per_query_metrics(pd.DataFrame({"query_id": ["q"], "product_id": ["a"]}), [1.0], metrics=("cart_recall",))
 
 
-def _esci_dir() -> Path:
-    return Path(os.environ.get("LTR_ESCI_DIR")
-                or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "esci")
-
-
 def test_real_esci_sample_ordering():
-    d = _esci_dir()
+    d = esci_sample_dir()
     if not (d / "judgments.parquet").exists():
         pytest.skip(f"ESCI sample not found at {d} (set LTR_ESCI_DIR)")
     j = pd.read_parquet(d / "judgments.parquet")

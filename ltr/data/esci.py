@@ -11,6 +11,7 @@ are the same hash everywhere (`schemas.query_id`), and bad files fail here, at t
 from __future__ import annotations
 
 import html
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,13 @@ ESCI_GRADES = {"E": 3, "S": 2, "C": 1, "I": 0, "EXACT": 3, "SUBSTITUTE": 2, "COM
 ORIGINAL_EXAMPLES = "shopping_queries_dataset_examples.parquet"
 ORIGINAL_PRODUCTS = "shopping_queries_dataset_products.parquet"
 _TAG = re.compile(r"<[^>]+>")
+
+
+def esci_sample_dir() -> Path:
+    """Where the shared ESCI sample lives: $LTR_ESCI_DIR, else ../shared/data/esci beside the repository.
+    The one place benchmarks, tests and the pipeline look it up; it may not exist (callers skip or say so)."""
+    env = os.environ.get("LTR_ESCI_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data" / "esci"
 
 
 def _strip_html(s: pd.Series) -> pd.Series:
