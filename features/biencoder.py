@@ -1,22 +1,21 @@
 """Zero-shot bi-encoder cosine: query and product embedded separately, compared by cosine.
 
 Same recipe as sentence-transformers for all-MiniLM-L6-v2 (mean pooling over tokens, then L2
-normalisation), done directly with transformers so it runs offline and caches embeddings: a query is
+normalisation), done by `ltr.data.encoder.TextEncoder` so it runs offline and caches embeddings: a query is
 scored against ~40-100 candidates and a product appears under many queries, so each distinct text is
 encoded once per `BiEncoder` instance.
 """
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from ltr.data.encoder import TextEncoder
 from ltr.data.models import default_encoder_path
 
 from .text import pair_texts
@@ -33,69 +32,31 @@ def _default_max_length(path: Path) -> int:
 
 
 class BiEncoder:
-    """Mean-pooled, normalised sentence embeddings with an in-memory cache keyed by text."""
+    """Zero-shot cosine on one `ltr.data.encoder.TextEncoder` (the grader's encoder code): texts are
+    truncated at `max_length`, encoded once per instance and memoised."""
 
     def __init__(self, path: str | Path | None = None, max_length: int | None = None,
                  num_threads: int | None = None, cache_size: int = 200_000) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
         self.path = Path(path) if path is not None else default_encoder_path()
-        if not self.path.exists():
-            raise FileNotFoundError(f"bi-encoder path {self.path} does not exist. Fix: pass a local HF model "
-                                    "dir or leave it empty for the default all-MiniLM-L6-v2.")
         if num_threads:
             torch.set_num_threads(num_threads)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
-        self.model = AutoModel.from_pretrained(str(self.path)).eval()
+        self.encoder = TextEncoder(self.path, max_memo=cache_size)
         self.max_length = int(max_length or _default_max_length(self.path))
-        self.cache_size = cache_size
-        self._cache: dict[str, np.ndarray] = {}
-        self._lock = threading.Lock()
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.hidden_size)
+        return self.encoder.dim
 
-    @torch.inference_mode()
-    def _encode_uncached(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
-        enc = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        ids = enc["input_ids"]
-        order = np.argsort([-len(x) for x in ids], kind="stable")
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        pad = self.tokenizer.pad_token_id or 0
-        for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc="bi-encoder", leave=False):
-            idx = order[s:s + batch_size]
-            width = max(len(ids[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                input_ids[r, :len(ids[i])] = torch.tensor(ids[i])
-                mask[r, :len(ids[i])] = 1
-            hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            out[idx] = torch.nn.functional.normalize(emb, p=2, dim=1).numpy()
-        return out
+    @property
+    def n_cached(self) -> int:
+        """Texts embedded and kept (what a warm-up such as precomputed product embeddings leaves behind)."""
+        return self.encoder.n_memoised
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Unit-norm embeddings (n, dim); repeated texts are encoded once and cached."""
         if isinstance(texts, str):
             raise TypeError("encode() takes a list of texts, got a single str. Fix: wrap it in a list.")
-        texts = [str(t) for t in texts]
-        with self._lock:
-            todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if todo:
-            embs = self._encode_uncached(todo, batch_size, progress)
-            with self._lock:
-                if len(self._cache) + len(todo) > self.cache_size:
-                    self._cache.clear()  # simple bound; a cache miss only costs time
-                self._cache.update(zip(todo, embs))
-                fresh = dict(zip(todo, embs))
-        else:
-            fresh = {}
-        with self._lock:
-            return np.stack([fresh[t] if t in fresh else self._cache[t] for t in texts]) if texts \
-                else np.zeros((0, self.dim), np.float32)
+        return self.encoder.embed([str(t) for t in texts], self.max_length, batch_size, progress, "bi-encoder")
 
     def cosine(self, queries: Sequence[str], texts: Sequence[str], batch_size: int = 64,
                progress: bool = False) -> np.ndarray:

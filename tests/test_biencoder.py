@@ -60,9 +60,9 @@ def test_cosine_ranks_relevant_higher_and_caches(enc):
     s = bi_encoder_cosine(qs, ts, encoder=enc)
     assert s.shape == (4,) and s.dtype == np.float32
     assert s[0] > s[1] and s[2] > s[3]
-    n = len(enc._cache)
+    n = enc.n_cached
     s2 = bi_encoder_cosine(qs[::-1], ts[::-1], encoder=enc)
-    assert len(enc._cache) == n  # nothing re-encoded
+    assert enc.n_cached == n  # nothing re-encoded
     np.testing.assert_allclose(s2[::-1], s, atol=1e-6)
 
 

@@ -79,7 +79,7 @@ def test_maxsim_features_match_terms_and_survive_memo_clears():
     cosine ~1); an unrelated title covers them worse. Token vectors come back right even when the memo has to
     be cleared."""
     from labels.backends.grader import DEFAULT_FEATURES, MAXSIM_FEATURES
-    from labels.backends.grader_encoder import TextEncoder
+    from ltr.data.encoder import TextEncoder
 
     tq, tp, tg = _tiny()
     fitted = FineTunedGrader(config=_cfg(features=DEFAULT_FEATURES + MAXSIM_FEATURES)).fit(tq, tp, tg)

@@ -277,5 +277,5 @@ def test_precomputed_product_embeddings_give_the_same_cosine(world):
     lazy = OnDemandFeatures(ds.products, None, ce).compute(pairs, ["bienc_cos"])
     od = OnDemandFeatures(ds.products, None, ce)
     assert od.precompute_product_embeddings(progress=False) == len(ds.products)
-    assert len(od._bi_encoder()._cache) >= len(ds.products)
+    assert od._bi_encoder().n_cached >= len(ds.products)
     assert np.allclose(od.compute(pairs, ["bienc_cos"])["bienc_cos"], lazy["bienc_cos"], atol=1e-5)

@@ -2,7 +2,7 @@
 
 Recipe (measured on held-out ESCI-sample queries; see bench/bench_grader.py), cosine-first:
 - the pretrained all-MiniLM-L6-v2 bi-encoder embeds every unique query and product text once
-  (dynamic padding, length-sorted batches, one shared encoder; labels/backends/grader_encoder.py), and
+  (dynamic padding, length-sorted batches, one shared encoder; ltr/data/encoder.py), and
   the same forward pass keeps the word-piece vectors;
 - a handful of low-dimensional features (DEFAULT_FEATURES): the zero-shot cosine, exact and prefix term
   coverage and negation signals (labels/lexical.py). Optional: token-level MaxSim (`maxsim_mean`,
@@ -38,10 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from ltr.data.encoder import shared_encoder, torch_threads
+
 from ..lexical import LEXICAL_FEATURES, lexical_matrix
 from ..metrics import apply_thresholds, quadratic_kappa, quantile_thresholds, spearman
 from .base import Backend, LabelResult, OnResult, Pair
-from .grader_encoder import shared_encoder, torch_threads
 from .grader_model import N_GRADES, OrdinalLogit, oof_thresholds
 
 GRADER_FORMAT_VERSION = 2

@@ -1,4 +1,5 @@
-"""One shared MiniLM text encoder for the graders: loaded once per process, embeds each unique text once.
+"""The one MiniLM text encoder (mean-pooled, L2-normalised; the all-MiniLM-L6-v2 recipe) behind both the
+grader (labels/) and the zero-shot bi-encoder feature (features/biencoder.py): embeds each unique text once.
 
 Why this exists: grading is dominated by the transformer forward pass. Texts are tokenised without
 padding, sorted by length and batched so a batch pads only to its own longest text (dynamic padding);
@@ -44,6 +45,9 @@ class TextEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"encoder path {self.path} does not exist. Fix: pass a local HF model dir "
+                                    "or leave it empty for the default all-MiniLM-L6-v2.")
         self.tok = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModel.from_pretrained(str(path))
         self.model.eval()
@@ -52,6 +56,12 @@ class TextEncoder:
         self._memo: dict[tuple[int, str], np.ndarray] = {}
         self.max_token_memo = max_token_memo
         self._tok_memo: dict[tuple[int, str], np.ndarray] = {}
+        self._lock = threading.Lock()  # the serving app embeds from several threads
+
+    @property
+    def n_memoised(self) -> int:
+        """Sentence embeddings held in the memo (all max lengths)."""
+        return len(self._memo)
 
     @torch.inference_mode()
     def embed(
@@ -67,18 +77,18 @@ class TextEncoder:
         With `tokens=True` the texts' token vectors are memoised too (read them with `token_vectors`)."""
         from tqdm.auto import tqdm
 
-        todo = [
-            t
-            for t in dict.fromkeys(texts)
-            if (max_len, t) not in self._memo or (tokens and (max_len, t) not in self._tok_memo)
-        ]
+        with self._lock:
+            todo = [
+                t
+                for t in dict.fromkeys(texts)
+                if (max_len, t) not in self._memo or (tokens and (max_len, t) not in self._tok_memo)
+            ]
+            have = {} if todo else {t: self._memo[(max_len, t)] for t in dict.fromkeys(texts)}
         if todo:
-            if len(self._memo) + len(todo) > self.max_memo:
-                self._memo.clear()
-            if tokens and len(self._tok_memo) + len(todo) > self.max_token_memo:
-                self._tok_memo.clear()
             ids = self.tok(todo, truncation=True, max_length=max_len)["input_ids"]
             order = sorted(range(len(todo)), key=lambda i: (-len(ids[i]), todo[i]))
+            fresh: dict[str, np.ndarray] = {}
+            fresh_tok: dict[str, np.ndarray] = {}
             bar = tqdm(total=len(todo), disable=not progress, desc=desc, unit="text", leave=False)
             for s in range(0, len(order), batch):
                 idx = order[s : s + batch]
@@ -90,15 +100,25 @@ class TextEncoder:
                 e = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1), dim=-1).numpy()
                 hn = torch.nn.functional.normalize(h, dim=-1).numpy() if tokens else None
                 for j, (i, v) in enumerate(zip(idx, e)):
-                    self._memo[(max_len, todo[i])] = v.astype(np.float32)
+                    fresh[todo[i]] = v.astype(np.float32)
                     if hn is not None:
                         n_tok = len(ids[i])  # [CLS] w1 .. wn [SEP]; keep the words only
-                        self._tok_memo[(max_len, todo[i])] = hn[j, 1 : max(n_tok - 1, 1)].astype(np.float16)
+                        fresh_tok[todo[i]] = hn[j, 1 : max(n_tok - 1, 1)].astype(np.float16)
                 bar.update(len(idx))
             bar.close()
+            with self._lock:
+                # read what this call needs before a bound-keeping clear can drop it; a clear only costs time
+                have = {t: fresh[t] if t in fresh else self._memo[(max_len, t)] for t in dict.fromkeys(texts)}
+                if len(self._memo) + len(fresh) > self.max_memo:
+                    self._memo.clear()
+                self._memo.update(((max_len, t), v) for t, v in fresh.items())
+                if fresh_tok:
+                    if len(self._tok_memo) + len(fresh_tok) > self.max_token_memo:
+                        self._tok_memo.clear()
+                    self._tok_memo.update(((max_len, t), v) for t, v in fresh_tok.items())
         if not len(texts):
             return np.zeros((0, self.dim), np.float32)
-        return np.stack([self._memo[(max_len, t)] for t in texts])
+        return np.stack([have[t] for t in texts])
 
     def token_vectors(self, texts: Sequence[str], max_len: int, batch: int = 64) -> list[np.ndarray]:
         """Per text, its L2-normalised word-piece vectors (n_tokens, dim) float16, encoding the texts that are
