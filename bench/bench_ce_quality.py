@@ -1,11 +1,18 @@
-"""Held-out quality of the fine-tuned cross-encoder vs the zero-shot bi-encoder, BM25 and random.
+r"""Held-out quality of the fine-tuned cross-encoder vs the zero-shot bi-encoder, BM25 and random.
 
 Query-grouped K-fold on the real ESCI sample (`../shared/data/esci/`, or $LTR_ESCI_DIR): for each fold
 the cross-encoder is fine-tuned on human grades / 3 of the *other* folds' queries (with its own
 query-grouped early-stopping split) and scores the fold's queries, so every query is scored
-out-of-fold. NDCG@10 with ESCI gains (E=1, S=0.1, C=0.01, I=0) and exponential gains (2^g - 1).
+out-of-fold. NDCG@10 with ESCI gains (E=1, S=0.1, C=0.01, I=0) and exponential gains (2^g - 1), and a
+paired bootstrap of the cross-encoder against the bi-encoder over queries.
+
+`--extra-labels RUN_DIR` adds a run's LLM labels table (another catalogue: the built-in world after
+`make run`) to every fold's training set, as the main job trains its cross-encoder; `--extra-only` is the
+control that leaves the ESCI grades out.
 
     .venv/bin/python -m bench.bench_ce_quality --out DIR [--folds 3] [--set epochs=2 --set loss=listwise]
+    .venv/bin/python -m bench.bench_ce_quality --out DIR --extra-labels runs/default \
+        --set val_fraction=0.2 --set epochs=1 --set evals_per_epoch=2
 """
 from __future__ import annotations
 
@@ -72,6 +79,21 @@ def metrics(judg: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
             "irrelevant_at10": round(float(np.mean(top10_irrel)), 4)}
 
 
+def paired_comparison(judg: pd.DataFrame, a: np.ndarray, b: np.ndarray, n_boot: int = 10000,
+                      seed: int = 0) -> dict[str, float]:
+    """Per-query NDCG@10 (ESCI gains) of ranker a minus ranker b: mean, a 95% paired-bootstrap interval
+    over queries, and wins / losses / ties. Why: with ~90 queries a 0.01 gap can be noise."""
+    from ltr.metrics import ndcg_per_query
+
+    d = (ndcg_per_query(judg["query_id"], a, judg["grade"], 10, "esci")
+         - ndcg_per_query(judg["query_id"], b, judg["grade"], 10, "esci")).dropna().to_numpy()
+    boot = np.random.default_rng(seed).choice(d, (n_boot, len(d))).mean(1)
+    return {"n_queries": len(d), "mean_diff": round(float(d.mean()), 4),
+            "ci95": [round(float(np.quantile(boot, 0.025)), 4), round(float(np.quantile(boot, 0.975)), 4)],
+            "p_boot_le_0": round(float((boot <= 0).mean()), 4),
+            "wins": int((d > 1e-9).sum()), "losses": int((d < -1e-9).sum()), "ties": int((abs(d) <= 1e-9).sum())}
+
+
 def untrained_scores(pairs: pd.DataFrame, products: pd.DataFrame, queries: pd.DataFrame, cfg) -> np.ndarray:
     """Raw logits of the model fine-tuning starts from (for the segment-cosine head: ~ bi-encoder)."""
     from features.crossencoder import _collate, _length_batches, _tokenize_pairs, load_base_cross_encoder
@@ -86,6 +108,26 @@ def untrained_scores(pairs: pd.DataFrame, products: pd.DataFrame, queries: pd.Da
         for b in _length_batches([len(x) for x in enc["input_ids"]], 64):
             out[b] = model(**_collate(enc, b, int(tok.pad_token_id or 0))).logits[:, 0].float().numpy()
     return out
+
+
+def load_extra_labels(run: Path, judg: pd.DataFrame, products: pd.DataFrame
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(pairs, products, queries) of another run's labels table, checked not to touch the ESCI sample."""
+    paths = [run / "labels" / "labels.parquet", run / "dataset" / "products.parquet",
+             run / "dataset" / "queries.parquet"]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        sys.exit(f"--extra-labels: {missing} not found. Fix: run `make run` (or `ltr run`) first, or pass "
+                 "the run dir that holds labels/ and dataset/.")
+    lab = pd.read_parquet(paths[0])[["query_id", "product_id", "score"]]
+    prods = pd.read_parquet(paths[1])
+    qs = pd.read_parquet(paths[2])[["query_id", "query"]]
+    clash_q = set(lab["query_id"]) & set(judg["query_id"])
+    clash_p = set(prods["product_id"]) & set(products["product_id"])
+    if clash_q or clash_p:
+        sys.exit(f"--extra-labels shares {len(clash_q)} query and {len(clash_p)} product id(s) with the ESCI "
+                 "sample; a held-out query must never be trained on. Fix: use a run on another catalogue.")
+    return lab, prods[[c for c in products.columns if c in prods.columns]], qs
 
 
 def parse_set(items: list[str]) -> dict:
@@ -107,6 +149,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--set", action="append", default=[], help="CrossEncoderConfig override key=json")
+    ap.add_argument("--extra-labels", default=None, metavar="RUN_DIR",
+                    help="also train every fold on a run's LLM labels table (RUN_DIR/labels/labels.parquet, "
+                         "with RUN_DIR/dataset/{products,queries}.parquet), e.g. runs/default after `make run`; "
+                         "(see --extra-val)")
+    ap.add_argument("--extra-val", choices=("all", "esci"), default="all",
+                    help="with --extra-labels, the early-stopping queries: a share of all training queries "
+                         "(the main job's way) or of the ESCI training-fold queries only")
+    ap.add_argument("--extra-only", action="store_true",
+                    help="control for --extra-labels: train on those labels alone (no ESCI grades), same "
+                         "recipe and seeds, so the ESCI labels' own contribution can be read off")
+    ap.add_argument("--esci-target", choices=("grade", "gain"), default="grade",
+                    help="training score of an ESCI pair: grade / 3, or the ESCI gain the metric uses "
+                         "(E=1, S=0.1, C=0.01, I=0)")
     ap.add_argument("--keep-models", action="store_true")
     ap.add_argument("--baselines-from", default=None, help="reuse bi-encoder scores saved by an earlier run")
     ap.add_argument("--no-init-score", action="store_true",
@@ -122,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
     judg = judg.reset_index(drop=True)
     cfg = CrossEncoderConfig(**{"val_fraction": 0.15, "num_threads": a.threads, **parse_set(a.set)})
     res: dict = {"benchmark": "ce_quality", "data": str(esci_dir()), "n_queries": int(judg["query_id"].nunique()),
-                 "n_pairs": len(judg), "folds": a.folds, "seed": a.seed, "config": cfg.model_dump(mode="json"),
+                 "n_pairs": len(judg), "folds": a.folds, "seed": a.seed, "esci_target": a.esci_target,
+                 "config": cfg.model_dump(mode="json"),
                  "host": {"python": platform.python_version(), "torch": torch.__version__,
                           "cpus": os.cpu_count(), "threads": a.threads}, "rankers": {}}
 
@@ -147,6 +203,16 @@ def main(argv: list[str] | None = None) -> dict:
     rnd = [metrics(judg, np.random.default_rng(s).random(len(judg))) for s in range(20)]
     res["rankers"]["random_mean20"] = {k: round(float(np.mean([r[k] for r in rnd])), 4) for k in rnd[0]}
 
+    if a.extra_only and (not a.extra_labels or a.extra_val == "esci"):
+        sys.exit("--extra-only needs --extra-labels RUN_DIR and --extra-val all.")
+    extra = load_extra_labels(Path(a.extra_labels), judg, products) if a.extra_labels else None
+    if extra is not None:
+        res["extra_labels"] = {"run_dir": a.extra_labels, "val": a.extra_val, "extra_only": a.extra_only,
+                               "n_pairs": len(extra[0]),
+                               "n_queries": int(extra[0]["query_id"].nunique())}
+        products = pd.concat([products, extra[1]], ignore_index=True)
+        queries = pd.concat([queries, extra[2]], ignore_index=True)
+
     uq = np.array(sorted(judg["query_id"].unique()))
     np.random.default_rng(a.seed).shuffle(uq)
     fold_of = {q: i % a.folds for i, q in enumerate(uq)}
@@ -156,12 +222,21 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="ce_quality_"))
     for f in (a.only_folds if a.only_folds is not None else range(a.folds)):
         tr, te = judg[fold != f], judg[fold == f]
-        pairs = tr[["query_id", "product_id"]].assign(score=tr["grade"] / 3.0)
+        target = tr["grade"].map(ESCI_GAINS) if a.esci_target == "gain" else tr["grade"] / 3.0
+        pairs = tr[["query_id", "product_id"]].assign(score=target.astype(float))
         init = None
         if not a.no_init_score:  # held-out NDCG of the untrained starting point (ranking only)
             init = untrained_scores(te, products, queries, cfg)
         t = time.time()
-        meta = fine_tune_cross_encoder(pairs, products, queries, tmp / f"fold{f}", cfg, seed=a.seed + f)
+        val_q = None
+        if extra is not None:
+            if a.extra_val == "esci":  # early stopping on ESCI queries of the training folds only
+                from features.crossencoder import _split_queries
+
+                val_q = sorted(_split_queries(pairs["query_id"], cfg.val_fraction, a.seed + f)[1])
+            pairs = extra[0] if a.extra_only else pd.concat([pairs, extra[0]], ignore_index=True)
+        meta = fine_tune_cross_encoder(pairs, products, queries, tmp / f"fold{f}", cfg, seed=a.seed + f,
+                                       val_query_ids=val_q)
         scorer = CrossEncoderScorer(tmp / f"fold{f}")
         ce[te.index.to_numpy()] = score_pairs(te, products, queries, scorer)["ce_score"].to_numpy()
         run = {"fold": f, "seconds": round(time.time() - t, 1), **meta["metrics"],
@@ -176,6 +251,11 @@ def main(argv: list[str] | None = None) -> dict:
     res["scored_queries"] = int(judg.loc[done, "query_id"].nunique())
     sub = judg[done]
     res["rankers"]["cross_encoder_finetuned_oof"] = metrics(sub, ce[done])
+    res["ce_minus_bienc_ce_text"] = paired_comparison(sub, ce[done], bi_ce_text[done])
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    sub.assign(ce_oof=ce[done], bienc_ce_text=bi_ce_text[done], bienc_title_brand=bi_tb[done])[
+        ["query_id", "product_id", "grade", "ce_oof", "bienc_ce_text", "bienc_title_brand"]].to_parquet(
+        Path(a.out) / "oof_scores.parquet")
     if not done.all():  # partial run: compare on the same queries
         res["rankers_on_scored_subset"] = {"bienc_cos_title_brand": metrics(sub, bi_tb[done]),
                                            "bienc_cos_ce_text": metrics(sub, bi_ce_text[done])}
@@ -187,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ce_quality.json").write_text(json.dumps(res, indent=2) + "\n")
-    print(json.dumps(res["rankers"], indent=2))
+    print(json.dumps({**res["rankers"], "ce_minus_bienc_ce_text": res["ce_minus_bienc_ce_text"]}, indent=2))
     return res
 
 

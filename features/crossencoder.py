@@ -66,6 +66,11 @@ class CrossEncoderConfig(BaseModel):
                                       "within-segment attention only (the rest attend across segments)")
     segment_token_types: bool = Field(False, description="segment_cosine: feed token_type_ids to the "
                                       "embeddings (False feeds zeros, as the bi-encoder was trained)")
+    segment_own_cls: bool = Field(False, description="segment_cosine: give the product segment its own [CLS] "
+                                  "and positions from 0, as the bi-encoder saw it alone")
+    cross_gate_init: float | None = Field(None, description="segment_cosine: a learnt per-head bias on "
+                                          "query<->product attention in the cross-attending layers, starting "
+                                          "here (e.g. -4: nearly the bi-encoder); None = no gate")
     cls_residual: bool = Field(False, description="segment_cosine: add a [CLS] linear head initialised at 0")
     cos_scale_init: float = Field(20.0, gt=0, description="segment_cosine: initial logit scale of the cosine")
     epochs: int = Field(2, ge=1, le=100)
@@ -387,6 +392,8 @@ def load_base_cross_encoder(base_model: str | Path | None, max_length: int,
                              f"{conf.num_hidden_layers} layers. Fix: use 0..{conf.num_hidden_layers}.")
         conf.update({"ltr_head": HEAD_NAME, "segment_local_layers": cfg.segment_local_layers,
                      "segment_token_types": cfg.segment_token_types, "cls_residual": cfg.cls_residual,
+                     "segment_own_cls": cfg.segment_own_cls, "cross_gate_init": cfg.cross_gate_init,
+                     "cls_token_id": int(tok.cls_token_id or 101),
                      "cos_scale_init": cfg.cos_scale_init, "sep_token_id": int(tok.sep_token_id or 102)})
         from transformers.utils import logging as hf_logging
 
@@ -419,6 +426,11 @@ def _freeze(model, n_layers: int) -> None:
     for layer in layers[:n_layers]:
         for p in layer.parameters():
             p.requires_grad_(False)
+    gates = getattr(model, "cross_gate", None)
+    n_local = int(getattr(model.config, "segment_local_layers", 0))
+    for i, g in enumerate(gates if gates is not None else ()):  # a frozen layer's gate is frozen too
+        if n_local + i < n_layers:
+            g.requires_grad_(False)
 
 
 @torch.inference_mode()
@@ -437,35 +449,39 @@ def _pooled_features(model, enc: dict[str, list], idx: np.ndarray, pad: int, bat
 
 @torch.inference_mode()
 def _frozen_states(model, enc: dict[str, list], n_frozen: int, pad: int, batch_size: int,
-                   progress: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """Per row: hidden states after the frozen bottom (trimmed to the row's length), and the pooler
-    output (cls head only; None for the segment-cosine head)."""
+                   progress: bool) -> tuple[list[torch.Tensor], torch.Tensor | None, list[torch.Tensor] | None]:
+    """Per row: hidden states after the frozen bottom (trimmed to the row's length), the pooler output
+    (cls head only) and the rows' segments as the layers see them (segment-cosine head only)."""
     base = getattr(model, model.base_model_prefix)
     seg_head = _is_segment(model)
     n = len(enc["input_ids"])
     states: list[torch.Tensor] = [None] * n  # type: ignore[list-item]
+    segs: list[torch.Tensor] | None = [None] * n if seg_head else None  # type: ignore[list-item]
     pooled = None if seg_head else torch.empty((n, model.config.hidden_size))
     for b in tqdm(_length_batches([len(x) for x in enc["input_ids"]], batch_size), disable=not progress,
                   desc="frozen layers (once)", leave=False):
         batch = _collate(enc, b, pad)
+        mask = batch["attention_mask"]
         if seg_head:
-            seg = batch["token_type_ids"]
-            h = model.run_layers(model.embed(batch["input_ids"], seg), batch["attention_mask"], seg, 0, n_frozen)
+            ids, mask, seg, pos = model.layout(batch["input_ids"], mask, batch["token_type_ids"])
+            h = model.run_layers(model.embed(ids, seg, pos), mask, seg, 0, n_frozen)
         else:
             o = base(**batch, output_hidden_states=True)
             h = o.hidden_states[n_frozen]
             pooled[torch.from_numpy(b)] = o.pooler_output
-        lens = batch["attention_mask"].sum(1).tolist()
+        lens = mask.sum(1).tolist()
         for r, i in enumerate(b):
             states[i] = h[r, :lens[r]].clone()
-    return states, pooled
+            if segs is not None:
+                segs[i] = seg[r, :lens[r]].clone()
+    return states, pooled, segs
 
 
 def _top_forward(model, states: list[torch.Tensor], idx: Sequence[int], n_frozen: int,
-                 segments: list[list[int]] | None = None) -> torch.Tensor:
+                 segments: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Logits from cached frozen-bottom states: trainable top layers + head only.
 
-    `segments` (the rows' token_type_ids) is needed by the segment-cosine head."""
+    `segments` (per row, as `_frozen_states` returns them) is needed by the segment-cosine head."""
     from transformers.masking_utils import create_bidirectional_mask
 
     base = getattr(model, model.base_model_prefix)
@@ -556,11 +572,13 @@ def _calibrate_segment_head(model, logits: np.ndarray, y: np.ndarray) -> dict[st
 
 def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, queries_df: pd.DataFrame,
                             out_dir: str | Path, cfg: CrossEncoderConfig | None = None, seed: int = 0,
-                            progress: bool = True) -> dict[str, Any]:
+                            progress: bool = True, val_query_ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Fine-tune a cross-encoder on (query_id, product_id, score in [0,1]) and save it to `out_dir`.
 
     Queries are split (seeded) into train / validation; training stops early when validation NDCG@k
-    (gain 2^(3*score)-1) stops improving, and the best checkpoint is saved. Returns the metadata dict
+    (gain 2^(3*score)-1) stops improving, and the best checkpoint is saved. `val_query_ids` names the
+    validation queries instead (e.g. the human-judged ones when the rest are LLM labels of another
+    catalogue), overriding `cfg.val_fraction`. Returns the metadata dict
     (also written to out_dir/ltr_cross_encoder.json): version, path, config, metrics.
     Logged to MLflow when a run is active.
     """
@@ -575,7 +593,16 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
-    train_q, val_q = _split_queries(pairs["query_id"], cfg.val_fraction, seed)
+    if val_query_ids is not None:
+        val_q = {str(q) for q in val_query_ids}
+        unknown = val_q - set(pairs["query_id"])
+        if unknown or not val_q or val_q >= set(pairs["query_id"]):
+            raise ValueError(f"val_query_ids must be a non-empty, proper subset of pairs_df's query_id "
+                             f"({len(unknown)} unknown, e.g. {sorted(unknown)[:3]}). Fix: pass ids of labelled "
+                             "queries and leave some queries for training.")
+        train_q = set(pairs["query_id"]) - val_q
+    else:
+        train_q, val_q = _split_queries(pairs["query_id"], cfg.val_fraction, seed)
     is_val = pairs["query_id"].isin(val_q).to_numpy()
     model, tok = load_base_cross_encoder(cfg.base_model, cfg.max_length, cfg)
     _freeze(model, cfg.freeze_layers)
@@ -591,7 +618,7 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
                                      for q in sorted(train_q)}
     pad = int(tok.pad_token_id or 0)
     head = [p for n, p in model.named_parameters() if p.requires_grad and
-            (n.startswith(("classifier", "cos_", "pooler")) or ".pooler." in n)]
+            (n.startswith(("classifier", "cos_", "cross_gate", "pooler")) or ".pooler." in n)]
     head_ids = {id(p) for p in head}
     body = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     opt = torch.optim.AdamW([{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}],
@@ -609,12 +636,12 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
                      and (_is_segment(model) or (getattr(base, "pooler", None) is not None
                                                  and hasattr(model, "classifier")))
                      and len(pairs) * cfg.max_length * model.config.hidden_size * 4 < 3e9)
-    states, pooled = (_frozen_states(model.eval(), enc, cfg.freeze_layers, pad, cfg.batch_size_eval, progress)
-                      if use_cache else (None, None))
+    states, pooled, segs = (_frozen_states(model.eval(), enc, cfg.freeze_layers, pad, cfg.batch_size_eval,
+                                           progress) if use_cache else (None, None, None))
 
     def forward(idx: Sequence[int]) -> torch.Tensor:
         if use_cache:
-            return _top_forward(model, states, idx, cfg.freeze_layers, enc["token_type_ids"])
+            return _top_forward(model, states, idx, cfg.freeze_layers, segs)
         return model(**_collate(enc, idx, pad)).logits[:, 0]
 
     @torch.inference_mode()
@@ -706,7 +733,8 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
 
     cfg_json = cfg.model_dump(mode="json")
     data_fp = _fingerprint(pairs)
-    version = "ce-" + hashlib.sha1(json.dumps([cfg_json, seed, data_fp], sort_keys=True).encode()).hexdigest()[:10]
+    key = [cfg_json, seed, data_fp] + ([sorted(val_q)] if val_query_ids is not None else [])
+    version = "ce-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     metrics = {"val_ndcg_at_k": best["ndcg"] if len(val_idx) else None,
                "val_ndcg_at_k_before": history[0]["val_ndcg"] if len(val_idx) else None,
                "best_step": best["step"], "steps": step, "early_stopped": stopped,

@@ -8,6 +8,9 @@ cosine starts close to the bi-encoder's ranking, and fine-tuning only has to imp
 pass still lets query and product tokens attend to each other (in the top layers; the bottom
 `segment_local_layers` layers can be restricted to within-segment attention so they reproduce the
 bi-encoder's contextualisation). An optional [CLS] linear head, initialised at 0, adds a residual.
+`segment_own_cls` lays each segment out as the bi-encoder saw it alone (its own [CLS], positions from 0),
+and `cross_gate_init` adds a learnt per-head bias on query<->product attention: local layers everywhere
+then reproduce the bi-encoder exactly, and a gate near -4 starts the joint pass close to it.
 
 This file only imports torch and transformers: `save_pretrained` copies it next to the weights with an
 `auto_map`, so `AutoModelForSequenceClassification` / sentence-transformers' `CrossEncoder` load the
@@ -57,6 +60,11 @@ class BertSegmentCosineForSequenceClassification(BertPreTrainedModel):
         self.cos_bias = nn.Parameter(torch.tensor(0.0))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, 1) if getattr(config, "cls_residual", False) else None
+        gate = getattr(config, "cross_gate_init", None)
+        n_local = int(getattr(config, "segment_local_layers", 0))
+        self.cross_gate = None if gate is None else nn.ParameterList(  # one per cross-attending layer
+            nn.Parameter(torch.full((config.num_attention_heads,), float(gate)))
+            for _ in range(n_local, config.num_hidden_layers))
         self.post_init()
 
     @torch.no_grad()
@@ -68,6 +76,8 @@ class BertSegmentCosineForSequenceClassification(BertPreTrainedModel):
         if isinstance(module, BertSegmentCosineForSequenceClassification):
             module.cos_scale.fill_(float(getattr(module.config, "cos_scale_init", 20.0)))
             module.cos_bias.zero_()
+            for g in module.cross_gate if module.cross_gate is not None else ():
+                g.fill_(float(module.config.cross_gate_init))
 
     # -- pieces, so training can cache the frozen bottom and run only the top -------------------
     def segments(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
@@ -75,16 +85,39 @@ class BertSegmentCosineForSequenceClassification(BertPreTrainedModel):
             return token_type_ids.long()
         return segments_from_ids(input_ids, int(getattr(self.config, "sep_token_id", None) or 102))
 
-    def embed(self, input_ids: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    def layout(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, segments: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(input_ids, attention_mask, segments, position_ids) as the layers see them.
+
+        With `segment_own_cls`, a [CLS] is inserted before the product segment and positions restart
+        there, so each segment is laid out exactly as the bi-encoder saw it alone ("[CLS] q [SEP]",
+        "[CLS] p [SEP]"): with within-segment attention everywhere the model *is* the bi-encoder.
+        Tensor ops only (gather/where), so the ONNX export traces it.
+        """
+        if not getattr(self.config, "segment_own_cls", False):
+            return input_ids, attention_mask, segments, None
+        width = input_ids.shape[1]
+        pos = torch.arange(width + 1, device=input_ids.device)[None, :]
+        n0 = ((segments == 0) & attention_mask.bool()).sum(1, keepdim=True)  # [CLS] q [SEP] length
+        src = torch.where(pos <= n0, pos, pos - 1).clamp(max=width - 1).expand(input_ids.shape[0], -1)
+        at_cls = pos == n0
+        cls_id = int(getattr(self.config, "cls_token_id", None) or 101)
+        ids = torch.where(at_cls, torch.full_like(src, cls_id), torch.gather(input_ids, 1, src))
+        mask = torch.where(at_cls, torch.ones_like(src), torch.gather(attention_mask.long(), 1, src))
+        seg = (pos >= n0).long().expand_as(ids)
+        return ids, mask, seg, torch.where(pos < n0, pos, pos - n0)
+
+    def embed(self, input_ids: torch.Tensor, segments: torch.Tensor,
+              position_ids: torch.Tensor | None = None) -> torch.Tensor:
         tt = segments if getattr(self.config, "segment_token_types", True) else torch.zeros_like(segments)
-        return self.bert.embeddings(input_ids=input_ids, token_type_ids=tt)
+        return self.bert.embeddings(input_ids=input_ids, token_type_ids=tt, position_ids=position_ids)
 
     def run_layers(self, h: torch.Tensor, attention_mask: torch.Tensor, segments: torch.Tensor,
                    start: int = 0, end: int | None = None) -> torch.Tensor:
         layers = self.bert.encoder.layer
         end = len(layers) if end is None else end
         n_local = int(getattr(self.config, "segment_local_layers", 0))
-        full = local = None
+        full = local = cross = None
         for i in range(start, end):
             if i < n_local:
                 local = additive_mask(attention_mask, segments, h.dtype) if local is None else local
@@ -92,6 +125,10 @@ class BertSegmentCosineForSequenceClassification(BertPreTrainedModel):
             else:
                 full = additive_mask(attention_mask, None, h.dtype) if full is None else full
                 m = full
+                if self.cross_gate is not None:  # learnt per-head bias on query<->product attention
+                    if cross is None:
+                        cross = (segments[:, None, :, None] != segments[:, None, None, :]).to(h.dtype)
+                    m = m + cross * self.cross_gate[i - n_local].to(h.dtype)[None, :, None, None]
             out = layers[i](h, attention_mask=m)
             h = out[0] if isinstance(out, tuple) else out
         return h
@@ -114,8 +151,8 @@ class BertSegmentCosineForSequenceClassification(BertPreTrainedModel):
                 **kwargs) -> SequenceClassifierOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        seg = self.segments(input_ids, token_type_ids)
-        h = self.run_layers(self.embed(input_ids, seg), attention_mask, seg)
+        ids, attention_mask, seg, pos = self.layout(input_ids, attention_mask, self.segments(input_ids, token_type_ids))
+        h = self.run_layers(self.embed(ids, seg, pos), attention_mask, seg)
         logits = self.head(h, attention_mask, seg)[:, None]
         loss = None
         if labels is not None:

@@ -150,7 +150,7 @@ def test_cached_frozen_bottom_gives_the_same_logits(world):
     model, tok = load_base_cross_encoder(None, 32)
     model.eval()
     enc = _tokenize_pairs(tok, qs, ts, 32)
-    states, _ = _frozen_states(model, enc, 4, 0, 16, False)
+    states, _, _ = _frozen_states(model, enc, 4, 0, 16, False)
     idx = list(range(12))
     with torch.inference_mode():
         a = _top_forward(model, states, idx, 4)
@@ -158,25 +158,77 @@ def test_cached_frozen_bottom_gives_the_same_logits(world):
     assert torch.allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("local", [0, 2])
-def test_cached_frozen_bottom_gives_the_same_logits_segment_head(world, local):
+@pytest.mark.parametrize("update", [{"segment_local_layers": 0}, {"segment_local_layers": 2},
+                                    {"segment_local_layers": 2, "segment_own_cls": True, "cross_gate_init": -1.0}])
+def test_cached_frozen_bottom_gives_the_same_logits_segment_head(world, update):
     from features.crossencoder import _collate, _frozen_states, _tokenize_pairs, _top_forward, load_base_cross_encoder
 
     pairs, products, queries = world
     qs, ts = pair_texts(pairs, products, queries)
-    cfg = TINY.model_copy(update={"segment_local_layers": local})
-    model, tok = load_base_cross_encoder(None, 32, cfg)
+    model, tok = load_base_cross_encoder(None, 32, TINY.model_copy(update=update))
     model.eval()
     enc = _tokenize_pairs(tok, qs, ts, 32)
-    states, _ = _frozen_states(model, enc, 3, 0, 16, False)
+    states, _, segs = _frozen_states(model, enc, 3, 0, 16, False)
     idx = list(range(12))
     with torch.inference_mode():
-        a = _top_forward(model, states, idx, 3, enc["token_type_ids"])
+        a = _top_forward(model, states, idx, 3, segs)
         batch = _collate(enc, idx, 0)
         b = model(**batch).logits[:, 0]
         del batch["token_type_ids"]  # segments are recovered from [SEP] when a caller omits them
         c = model(**batch).logits[:, 0]
     assert torch.allclose(a, b, atol=1e-4) and torch.allclose(b, c, atol=1e-5)
+
+
+def test_own_cls_layout_with_local_attention_is_exactly_the_bi_encoder(world):
+    """segment_own_cls lays each segment out as the bi-encoder saw it alone ([CLS] x [SEP], positions
+    from 0): with within-segment attention in every layer the joint pass computes the bi-encoder cosine."""
+    from features.biencoder import BiEncoder
+    from features.crossencoder import _collate, _tokenize_pairs, load_base_cross_encoder
+
+    pairs, products, queries = world
+    qs, ts = pair_texts(pairs, products, queries)
+    cfg = TINY.model_copy(update={"segment_own_cls": True, "segment_local_layers": 6, "cos_scale_init": 1.0})
+    model, tok = load_base_cross_encoder(None, 512, cfg)
+    enc = _tokenize_pairs(tok, qs, ts, 512)  # no truncation: each side is the bi-encoder's whole input
+    with torch.inference_mode():
+        s = model.eval()(**_collate(enc, list(range(len(qs))), 0)).logits[:, 0].numpy()
+    bi = BiEncoder(max_length=512).cosine(qs, ts)
+    np.testing.assert_allclose(s, bi, atol=1e-5)
+
+
+def test_cross_gate_is_trained_only_above_the_frozen_layers(world):
+    from features.crossencoder import _collate, _freeze, _tokenize_pairs, load_base_cross_encoder
+
+    model, tok = load_base_cross_encoder(None, 32, TINY.model_copy(update={
+        "segment_local_layers": 2, "segment_own_cls": True, "cross_gate_init": -3.0}))
+    assert len(model.cross_gate) == 4 and float(model.cross_gate[0].detach()[0]) == -3.0
+    _freeze(model, 3)
+    assert [g.requires_grad for g in model.cross_gate] == [False, True, True, True]
+    pairs, products, queries = world
+    qs, ts = pair_texts(pairs.head(6), products, queries)
+    model(**_collate(_tokenize_pairs(tok, qs, ts, 32), list(range(6)), 0)).logits.sum().backward()
+    assert model.cross_gate[0].grad is None and all(float(g.grad.abs().sum()) > 0 for g in model.cross_gate[1:])
+
+
+def test_gated_own_cls_model_trains_on_given_validation_queries_and_reloads(world, tmp_path):
+    from sentence_transformers import CrossEncoder
+
+    pairs, products, queries = world
+    cfg = TINY.model_copy(update={"segment_local_layers": 2, "segment_own_cls": True, "cross_gate_init": -2.0})
+    meta = fine_tune_cross_encoder(pairs, products, queries, tmp_path / "m", cfg, seed=0, progress=False,
+                                   val_query_ids=["q0", "q5"])
+    assert meta["val_query_ids"] == ["q0", "q5"] and meta["metrics"]["n_train_queries"] == 4
+    qs, ts = pair_texts(pairs, products, queries)
+    sc = CrossEncoderScorer(tmp_path / "m")
+    assert [float(g.detach()[0]) for g in sc.model.cross_gate][:2] == [-2.0, -2.0]  # frozen layers' gates
+    ref = CrossEncoder(str(tmp_path / "m"), device="cpu", trust_remote_code=True).predict(
+        list(zip(qs, ts)), batch_size=16, show_progress_bar=False)
+    assert np.abs(sc.score(qs, ts) - ref).max() < 1e-4
+    onnx = CrossEncoderScorer(tmp_path / "m", backend="onnx", onnx_dir=tmp_path / "onnx")  # traced layout
+    assert np.abs(onnx.score(qs, ts, batch_size=5) - sc.score(qs, ts)).max() < 1e-4
+    with pytest.raises(ValueError, match="val_query_ids"):
+        fine_tune_cross_encoder(pairs, products, queries, tmp_path / "x", cfg, val_query_ids=["nope"])
+    assert not (tmp_path / "x").exists()
 
 
 def test_untrained_segment_head_starts_near_the_bi_encoder(world):
