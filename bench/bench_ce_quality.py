@@ -1,9 +1,9 @@
 r"""Held-out quality of the fine-tuned cross-encoder vs the zero-shot bi-encoder, BM25 and random.
 
 Query-grouped K-fold on the real ESCI sample (`../shared/data/esci/`, or $LTR_ESCI_DIR): for each fold
-the cross-encoder is fine-tuned on human grades / 3 of the *other* folds' queries (with its own
-query-grouped early-stopping split) and scores the fold's queries, so every query is scored
-out-of-fold. NDCG@10 with ESCI gains (E=1, S=0.1, C=0.01, I=0) and exponential gains (2^g - 1), and a
+the cross-encoder is fine-tuned on the human grades (grade / 3, or `--esci-target gain`) of the *other*
+folds' queries (with its own query-grouped early-stopping split) and scores the fold's queries, so every
+query is scored out-of-fold. NDCG@10 with ESCI gains (E=1, S=0.1, C=0.01, I=0) and exponential gains (2^g - 1), and a
 paired bootstrap of the cross-encoder against the bi-encoder over queries.
 
 `--extra-labels RUN_DIR` adds a run's LLM labels table (another catalogue: the built-in world after
@@ -11,7 +11,7 @@ paired bootstrap of the cross-encoder against the bi-encoder over queries.
 control that leaves the ESCI grades out.
 
     .venv/bin/python -m bench.bench_ce_quality --out DIR [--folds 3] [--set epochs=2 --set loss=listwise]
-    .venv/bin/python -m bench.bench_ce_quality --out DIR --extra-labels runs/default \
+    .venv/bin/python -m bench.bench_ce_quality --out DIR --extra-labels runs/default --esci-target gain \
         --set val_fraction=0.2 --set epochs=1 --set evals_per_epoch=2
 """
 from __future__ import annotations
@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--set", action="append", default=[], help="CrossEncoderConfig override key=json")
     ap.add_argument("--extra-labels", default=None, metavar="RUN_DIR",
                     help="also train every fold on a run's LLM labels table (RUN_DIR/labels/labels.parquet, "
-                         "with RUN_DIR/dataset/{products,queries}.parquet), e.g. runs/default after `make run`; "
-                         "(see --extra-val)")
+                         "with RUN_DIR/dataset/{products,queries}.parquet), e.g. runs/default after `make run`")
     ap.add_argument("--extra-val", choices=("all", "esci"), default="all",
                     help="with --extra-labels, the early-stopping queries: a share of all training queries "
                          "(the main job's way) or of the ESCI training-fold queries only")
@@ -167,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-init-score", action="store_true",
                     help="skip scoring each held-out fold with the untrained model (the starting point)")
     a = ap.parse_args(argv)
+    if a.extra_only and (not a.extra_labels or a.extra_val == "esci"):
+        ap.error("--extra-only needs --extra-labels RUN_DIR and --extra-val all.")
     torch.set_num_threads(a.threads)
 
     from features.biencoder import BiEncoder
@@ -203,8 +204,6 @@ def main(argv: list[str] | None = None) -> dict:
     rnd = [metrics(judg, np.random.default_rng(s).random(len(judg))) for s in range(20)]
     res["rankers"]["random_mean20"] = {k: round(float(np.mean([r[k] for r in rnd])), 4) for k in rnd[0]}
 
-    if a.extra_only and (not a.extra_labels or a.extra_val == "esci"):
-        sys.exit("--extra-only needs --extra-labels RUN_DIR and --extra-val all.")
     extra = load_extra_labels(Path(a.extra_labels), judg, products) if a.extra_labels else None
     if extra is not None:
         res["extra_labels"] = {"run_dir": a.extra_labels, "val": a.extra_val, "extra_only": a.extra_only,
