@@ -32,8 +32,7 @@ import pandas as pd
 import torch
 
 from ltr.data.esci import esci_sample_dir as esci_dir
-
-ESCI_GAINS = {3: 1.0, 2: 0.1, 1: 0.01, 0: 0.0}
+from ltr.metrics import ESCI_GAINS, irrelevant_per_query, ndcg_per_query
 
 
 def load_esci(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -67,24 +66,17 @@ def bm25_scores(judg: pd.DataFrame, products: pd.DataFrame) -> np.ndarray:
 
 
 def metrics(judg: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
-    from features.crossencoder import ndcg_at_k
-
+    """The project's own query metrics (`ltr.metrics`), averaged over queries."""
     q, g = judg["query_id"].to_numpy(), judg["grade"].to_numpy()
-    top10_irrel = []
-    for _, grp in pd.DataFrame({"q": q, "g": g, "s": scores}).groupby("q"):
-        top = grp.sort_values("s", ascending=False, kind="stable").head(10)
-        top10_irrel.append(float((top["g"] == 0).mean()))
-    return {"ndcg10_esci": round(ndcg_at_k(q, [ESCI_GAINS[x] for x in g], scores, 10), 4),
-            "ndcg10_exp": round(ndcg_at_k(q, 2.0 ** g - 1, scores, 10), 4),
-            "irrelevant_at10": round(float(np.mean(top10_irrel)), 4)}
+    return {"ndcg10_esci": round(float(ndcg_per_query(q, scores, g, 10, "esci").mean()), 4),
+            "ndcg10_exp": round(float(ndcg_per_query(q, scores, g, 10, "exp").mean()), 4),
+            "irrelevant_at10": round(float(irrelevant_per_query(q, scores, g, 10).mean()), 4)}
 
 
 def paired_comparison(judg: pd.DataFrame, a: np.ndarray, b: np.ndarray, n_boot: int = 10000,
                       seed: int = 0) -> dict[str, float]:
     """Per-query NDCG@10 (ESCI gains) of ranker a minus ranker b: mean, a 95% paired-bootstrap interval
     over queries, and wins / losses / ties. Why: with ~90 queries a 0.01 gap can be noise."""
-    from ltr.metrics import ndcg_per_query
-
     d = (ndcg_per_query(judg["query_id"], a, judg["grade"], 10, "esci")
          - ndcg_per_query(judg["query_id"], b, judg["grade"], 10, "esci")).dropna().to_numpy()
     boot = np.random.default_rng(seed).choice(d, (n_boot, len(d))).mean(1)
