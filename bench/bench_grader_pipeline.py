@@ -23,7 +23,7 @@ def run(out: Path, seed: int = 7, world: Path | None = None, rerun: bool = False
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from labels.config import LabelConfig
     from labels.run import label_pairs
-    from ltr.data.world import generate_world
+    from ltr.sim.world import generate_world
 
     out.mkdir(parents=True, exist_ok=True)
     if world is None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ltr.data.esci import esci_sample_dir
-from ltr.data.world import WorldConfig, generate_world
+from ltr.sim.world import WorldConfig, generate_world
 
 
 def main() -> None:
@@ -44,8 +44,8 @@ def main() -> None:
         esci = esci_sample_dir()
         esci_res = None
         if (esci / "judgments.parquet").exists():
-            from ltr.data.engagement import simulate_engagement
             from ltr.data.esci import load_esci
+            from ltr.sim.sessions import simulate_engagement
             t0 = time.perf_counter()
             load_esci(esci, Path(tmp) / "esci")
             t_load = time.perf_counter() - t0

@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ltr.data.encoder import TextEncoder
-from ltr.data.models import default_encoder_path
+from ltr.data.encoder import TextEncoder, default_encoder_path
 
 from .text import pair_texts
 

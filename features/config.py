@@ -3,16 +3,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from ltr.data.config import StrictConfig
 
 FAMILIES = ("lexical", "product", "engagement", "content", "labels")
 Family = Literal["lexical", "product", "engagement", "content", "labels"]
 
 
-class RedisConfig(BaseModel):
+class RedisConfig(StrictConfig):
     """Connection to a Redis online store (Debian's redis-server is enough)."""
 
-    model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = Field(6379, ge=1, le=65535)
     db: int = Field(0, ge=0)
@@ -25,7 +26,7 @@ class RedisConfig(BaseModel):
         return s + (f",password={self.password}" if self.password else "")
 
 
-class FeaturesConfig(BaseModel):
+class FeaturesConfig(StrictConfig):
     """What the feature stage computes and where Feast keeps it.
 
     `windows_days` drive the engagement windows; `smoothing` is the pseudo-count m of the smoothed
@@ -33,7 +34,6 @@ class FeaturesConfig(BaseModel):
     history (product text, lexical, content), early enough that every training example sees them.
     """
 
-    model_config = ConfigDict(extra="forbid")
     families: list[Family] = Field(default_factory=lambda: list(FAMILIES))
     online_store: Literal["sqlite", "redis"] = "sqlite"
     redis: RedisConfig = Field(default_factory=RedisConfig)

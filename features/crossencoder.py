@@ -39,7 +39,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
-from ltr.data.models import default_encoder_path
+from ltr.data.encoder import default_encoder_path
 
 from .crossencoder_modeling import HEAD_NAME, BertSegmentCosineForSequenceClassification
 from .text import DEFAULT_FIELDS, pair_texts

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from ltr.data.config import StrictConfig
 
 from .prompts import DEFAULT_PROMPT_VERSION, PROMPTS
 
 BackendName = Literal["grader", "openai", "causal_lm", "imported", "cascade"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class OpenAISettings(_Strict):
+class OpenAISettings(StrictConfig):
     base_url: str | None = Field(None, description="e.g. https://api.openai.com/v1; env OPENAI_BASE_URL")
     model: str = "gpt-4o-mini"
     api_key: str | None = Field(None, description="prefer api_key_env; never written to outputs")
@@ -39,13 +37,13 @@ class OpenAISettings(_Strict):
     )
 
 
-class CausalLMSettings(_Strict):
+class CausalLMSettings(StrictConfig):
     path: str = Field(..., description="local transformers model directory")
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(512, ge=32)
 
 
-class GraderSettings(_Strict):
+class GraderSettings(StrictConfig):
     dir: str | None = Field(None, description="fitted grader dir; None = fit on the dataset's judgments")
     epochs: int = Field(4, ge=0, description="unused since grader format 2 (the head fits to convergence)")
     n_unfrozen: int = Field(0, ge=0, le=0, description="must be 0: grader format 2 does not fine-tune layers")
@@ -54,13 +52,13 @@ class GraderSettings(_Strict):
         None, description="None = the default recipe; e.g. add 'maxsim_mean', 'maxsim_min' (token-level MaxSim)")
 
 
-class ImportedSettings(_Strict):
+class ImportedSettings(StrictConfig):
     path: str
     format: Literal["esci", "opensearch", "trec", "csv"]
     products_path: str | None = Field(None, description="ESCI products parquet (for product ids), optional")
 
 
-class TierConfig(_Strict):
+class TierConfig(StrictConfig):
     backend: Literal["grader", "openai", "causal_lm"]
     openai: OpenAISettings | None = None
     causal_lm: CausalLMSettings | None = None
@@ -69,11 +67,11 @@ class TierConfig(_Strict):
     escalate_if_entropy_above: float | None = Field(None, ge=0)
 
 
-class CascadeSettings(_Strict):
+class CascadeSettings(StrictConfig):
     tiers: list[TierConfig] = Field(..., min_length=1)
 
 
-class LabelConfig(_Strict):
+class LabelConfig(StrictConfig):
     backend: BackendName = "grader"
     prompt_version: str = DEFAULT_PROMPT_VERSION
     cache_path: str | None = Field(None, description="SQLite cache; default: <out dir>/label_cache.sqlite")

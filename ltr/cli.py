@@ -36,15 +36,15 @@ def _fail(msg: str) -> None:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from ltr.configio import ConfigError
+    from ltr.data.config import ConfigError
     from ltr.data.dataset import DatasetError
     from ltr.data.schemas import SchemaError
     return (ConfigError, DatasetError, SchemaError, FileNotFoundError)
 
 
 def _config(path: Optional[Path], seed: Optional[int] = None, **overrides):
-    from ltr.config import RunConfig
-    from ltr.configio import load_config
+    from ltr.data.config import load_config
+    from ltr.run_config import RunConfig
     ov = dict(overrides)
     if seed is not None:
         ov["seed"] = seed
@@ -79,7 +79,7 @@ def _guard(fn):
 def world(out: Path = typer.Option(..., "--out", help="Directory to write the dataset to."),
           seed: Optional[int] = SeedOpt, config: Optional[Path] = ConfigOpt) -> None:
     """Generate the built-in shop world (catalog, queries, candidates, truth, judgments, engagement)."""
-    from ltr.data.world import generate_world
+    from ltr.sim.world import generate_world
     cfg = _config(config, seed)
     summary = generate_world(out, seed=cfg.seed, cfg=cfg.dataset.world)
     _echo_json(summary)
@@ -102,7 +102,7 @@ def simulate_engagement_cmd(dataset: Path = typer.Option(..., "--dataset", help=
                             seed: int = typer.Option(7, "--seed"),
                             days: int = typer.Option(28, help="Days of simulated traffic.")) -> None:
     """Add simulated impressions (position-biased click model) to a real catalog without logs."""
-    from ltr.data.engagement import simulate_engagement
+    from ltr.sim.sessions import simulate_engagement
     _echo_json(simulate_engagement(dataset, seed=seed, days=days))
 
 

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ltr.data.schemas import FrameColumns
+
 ESCI_GAINS: dict[int, float] = {3: 1.0, 2: 0.1, 1: 0.01, 0: 0.0}
 ENGAGEMENT_METRICS = ("purchase_recall", "cart_recall", "expected_clicks", "atc_rate")
 CONTENT_METRICS = ("ndcg", "ndcg_exp", "irrelevant")
@@ -187,8 +189,6 @@ def estimate_propensity(clicks, impressions, smoothing: float = 20.0) -> np.ndar
 
 def query_segments(frame: pd.DataFrame, cols=None, head_quantile: float = 0.8) -> pd.Series:
     """head/tail per query: the frame's segment column if present, else by training impression volume."""
-    from .train_config import FrameColumns
-
     cols = cols or FrameColumns()
     if cols.segment in frame.columns:
         s = frame.groupby(cols.query_id, sort=True)[cols.segment].first().astype(str)
@@ -219,8 +219,6 @@ def per_query_metrics(frame: pd.DataFrame, scores, cols=None, k: int = 10,
                       head_quantile: float = 0.8, eta: float = 1.0) -> pd.DataFrame:
     """One row per query: content metrics at k (when grades exist) and the requested engagement metrics
     (when the held-out columns exist), plus the query's segment."""
-    from .train_config import FrameColumns
-
     cols = cols or FrameColumns()
     for c in (cols.query_id, cols.product_id):
         if c not in frame.columns:

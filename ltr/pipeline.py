@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ltr.config import RunConfig
 from ltr.data.dataset import Dataset
+from ltr.run_config import RunConfig
 
 ENG_COLS = ("impressions", "clicks", "carts", "purchases")
 
@@ -92,7 +92,7 @@ def stage_dataset(cfg: RunConfig, paths: RunPaths) -> Path:
         key = _digest({"source": d.source, "seed": cfg.seed, "world": d.world.model_dump(), "path": str(d.path)})
         if not _stamp_ok(ds_dir, key):
             if d.source == "world":
-                from ltr.data.world import generate_world
+                from ltr.sim.world import generate_world
                 _log("stage dataset: generating the built-in world")
                 s = generate_world(ds_dir, seed=cfg.seed, cfg=d.world)
                 _log(f"  world: {json.dumps({k: s[k] for k in s if not isinstance(s[k], (dict, list))})}")
@@ -104,7 +104,7 @@ def stage_dataset(cfg: RunConfig, paths: RunPaths) -> Path:
             _stamp(ds_dir, key)
     ds = Dataset.load(ds_dir)
     if not ds.has_engagement and d.simulate_engagement:
-        from ltr.data.engagement import simulate_engagement
+        from ltr.sim.sessions import simulate_engagement
         _log("stage dataset: no engagement log; simulating one (reported as simulated)")
         simulate_engagement(ds_dir, seed=cfg.seed)
     return ds_dir

@@ -22,7 +22,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .train_config import EngagementConfig, FrameColumns, TargetConfig
+from ltr.data.schemas import FrameColumns
+
+from .train_config import EngagementConfig, TargetConfig
 
 try:  # the labels engineer's implementation, when present (same signature)
     from labels.polarize import polarize as _labels_polarize  # type: ignore

@@ -7,40 +7,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from ltr.data.config import StrictConfig
+from ltr.data.schemas import FrameColumns
+from ltr.metrics import ENGAGEMENT_METRICS
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
-
-
-class FrameColumns(_Strict):
-    """Names of the columns of a training frame (one row per query-product pair)."""
-
-    query_id: str = "query_id"
-    product_id: str = "product_id"
-    content_score: str = Field("content_score", description="LLM label score in [0,1]")
-    impressions: str = "impressions"
-    clicks: str = "clicks"
-    carts: str = "carts"
-    purchases: str = "purchases"
-    # evaluation only
-    grade: str = Field("grade", description="true/human content grade 0..3 (evaluation only)")
-    segment: str = Field("segment", description="head | torso | tail; derived from impressions when absent")
-    heldout_impressions: str = "heldout_impressions"
-    heldout_clicks: str = "heldout_clicks"
-    heldout_carts: str = "heldout_carts"
-    heldout_purchases: str = "heldout_purchases"
-    click_propensity: str = Field("click_propensity", description="per-pair attractiveness for the PBM; "
-                                  "estimated from held-out clicks when absent")
-    timestamp: str = "event_timestamp"
-
-    def reserved(self) -> list[str]:
-        """Columns that are never model features (ids, label inputs, evaluation-only data)."""
-        return list(self.model_dump().values())
-
-
-class EngagementConfig(_Strict):
+class EngagementConfig(StrictConfig):
     """Engagement label: weighted sum of smoothed click / add-to-cart / purchase rates."""
 
     click_weight: float = Field(1.0, ge=0)
@@ -57,7 +31,7 @@ class EngagementConfig(_Strict):
         return self
 
 
-class TargetConfig(_Strict):
+class TargetConfig(StrictConfig):
     """How a training label is made from the LLM score and engagement (see ltr.targets)."""
 
     content_source: str | None = Field(None, description="column holding the content score; None -> "
@@ -74,7 +48,7 @@ class TargetConfig(_Strict):
     n_buckets: int = Field(32, ge=2, le=32, description="integer levels 0..n_buckets-1 when bucketing")
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictConfig):
     """LambdaMART hyper-parameters shared by the XGBoost ranker and the LightGBM baseline."""
 
     kind: Literal["xgboost", "lightgbm"] = "xgboost"
@@ -93,7 +67,7 @@ class ModelConfig(_Strict):
     n_jobs: int = Field(2, ge=1)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictConfig):
     seed: int = 0
     columns: FrameColumns = Field(default_factory=FrameColumns)
     target: TargetConfig = Field(default_factory=TargetConfig)
@@ -112,8 +86,6 @@ class TrainConfig(_Strict):
     @field_validator("engagement_metric")
     @classmethod
     def _known_metric(cls, v: str) -> str:
-        from .metrics import ENGAGEMENT_METRICS
-
         base = v.split("@")[0]
         if base not in ENGAGEMENT_METRICS or "@" not in v:
             raise ValueError(f"engagement_metric {v!r} is unknown. Fix: use one of "
@@ -121,7 +93,7 @@ class TrainConfig(_Strict):
         return v
 
 
-class TuneConfig(_Strict):
+class TuneConfig(StrictConfig):
     """Optuna multi-objective search over the label transform and a few model parameters."""
 
     n_trials: int = Field(30, ge=1, description="target total of finished trials in the study: a re-run "
@@ -151,7 +123,7 @@ class TuneConfig(_Strict):
         return v
 
 
-class TunedParams(_Strict):
+class TunedParams(StrictConfig):
     alpha: float = Field(gt=0)
     beta: float = Field(ge=0, le=1)
     blend_weight: float = Field(ge=0, le=1)
@@ -160,7 +132,7 @@ class TunedParams(_Strict):
 ARM_GROUPS = ("a", "b", "c", "d", "e")
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictConfig):
     """The paper's experiment arms; see ltr.experiments."""
 
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=3,

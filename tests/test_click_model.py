@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ltr.data.click_model import ClickModel, examination, expected_clicks
-from ltr.data.world import WorldConfig, generate_world
+from ltr.sim.click_model import ClickModel, examination, expected_clicks
+from ltr.sim.world import WorldConfig, generate_world
 
 
 def _impressions(n_per_pos: int, positions=range(1, 11), grade: float = 3.0) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from features.crossencoder import (
     score_pairs,
 )
 from features.text import pair_texts
-from ltr.data.models import default_encoder_path
+from ltr.data.encoder import default_encoder_path
 
 torch.set_num_threads(2)
 

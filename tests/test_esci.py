@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from ltr.data.dataset import Dataset, DatasetError
-from ltr.data.engagement import simulate_engagement
 from ltr.data.esci import ORIGINAL_EXAMPLES, ORIGINAL_PRODUCTS, esci_sample_dir, load_esci
 from ltr.data.schemas import query_id
+from ltr.sim.sessions import simulate_engagement
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import sqlite3
 
 import pandas as pd
 import pytest
+from fixtures.tiny_dataset import T0, tiny_dataset
 
 from features.build import build_features
 from features.config import FeaturesConfig
 from features.store import FeatureStoreError, LtrStore
-from features.tiny import T0, tiny_dataset
 from ltr.data.dataset import read_table
 from ltr.data.schemas import query_id
 

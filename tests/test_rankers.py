@@ -1,6 +1,7 @@
 """ltr.rankers and ltr.train: the ranker contract, grouped splits, reproducibility."""
 import numpy as np
 import pytest
+from fixtures.synthetic_frame import synthetic_training_frame
 from sklearn.base import clone
 
 from ltr import metrics as M
@@ -14,7 +15,6 @@ from ltr.rankers import (
 from ltr.targets import make_labels
 from ltr.train import feature_columns, train_and_evaluate
 from ltr.train_config import TrainConfig
-from ltr.train_synthetic import synthetic_training_frame
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+from fixtures.synthetic_frame import synthetic_training_frame
 from mlflow import MlflowClient
 
 from ltr import tracking as T
 from ltr.train import train_and_evaluate
 from ltr.train_config import TrainConfig
-from ltr.train_synthetic import synthetic_training_frame
 
 
 @pytest.fixture(scope="module")

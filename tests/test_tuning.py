@@ -5,12 +5,12 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from fixtures.synthetic_frame import synthetic_training_frame
 from mlflow import MlflowClient
 
 from ltr import tracking as T
 from ltr.experiments import ExperimentError, build_arms, run_experiments
 from ltr.train_config import ExperimentConfig, TrainConfig, TuneConfig, TunedParams
-from ltr.train_synthetic import synthetic_training_frame
 from ltr.tuning import TuningError, choose_operating_point, pareto_mask, tune
 
 TINY = {"model": {"n_estimators": 10, "early_stopping_rounds": 5, "max_depth": 3, "n_jobs": 1}}

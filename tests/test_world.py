@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from ltr.data.dataset import Dataset
-from ltr.data.engagement import EPOCH
-from ltr.data.vocab import PRODUCT_TYPES
-from ltr.data.world import WorldConfig, generate_world
+from ltr.sim.sessions import EPOCH
+from ltr.sim.vocab import PRODUCT_TYPES
+from ltr.sim.world import WorldConfig, generate_world
 
 SMALL = {"n_products": 1500, "n_queries": 120, "sessions": 8000}
 TABLES = ("products", "queries", "candidates", "truth", "judgments", "impressions")

@@ -140,7 +140,7 @@ class FineTunedGrader:
     """Fit on human-graded pairs, then grade any (query, product) pair into p0..p3."""
 
     def __init__(self, encoder_path: str | Path | None = None, config: GraderConfig | None = None):
-        from ltr.data.models import default_encoder_path
+        from ltr.data.encoder import default_encoder_path
 
         self.encoder_path = Path(encoder_path) if encoder_path else default_encoder_path()
         self.cfg = config or GraderConfig()
@@ -392,7 +392,7 @@ class ZeroShotBiEncoderGrader:
         max_len_product: int = 64,
         num_threads: int = 1,
     ):
-        from ltr.data.models import default_encoder_path
+        from ltr.data.encoder import default_encoder_path
 
         self.enc = shared_encoder(encoder_path or default_encoder_path())
         self.lq, self.lp, self.num_threads = max_len_query, max_len_product, num_threads

@@ -14,6 +14,9 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
+
+from .config import StrictConfig
 
 
 class SchemaError(ValueError):
@@ -263,3 +266,31 @@ def product_text_hash(row: dict | pd.Series, fields: Iterable[str] = ("title", "
         h.update(("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)).encode("utf-8"))
         h.update(b"\x1f")
     return h.hexdigest()[:16]
+
+
+# --- training frames ------------------------------------------------------------------------------
+
+class FrameColumns(StrictConfig):
+    """Names of the columns of a training frame (one row per query-product pair)."""
+
+    query_id: str = "query_id"
+    product_id: str = "product_id"
+    content_score: str = Field("content_score", description="LLM label score in [0,1]")
+    impressions: str = "impressions"
+    clicks: str = "clicks"
+    carts: str = "carts"
+    purchases: str = "purchases"
+    # evaluation only
+    grade: str = Field("grade", description="true/human content grade 0..3 (evaluation only)")
+    segment: str = Field("segment", description="head | torso | tail; derived from impressions when absent")
+    heldout_impressions: str = "heldout_impressions"
+    heldout_clicks: str = "heldout_clicks"
+    heldout_carts: str = "heldout_carts"
+    heldout_purchases: str = "heldout_purchases"
+    click_propensity: str = Field("click_propensity", description="per-pair attractiveness for the PBM; "
+                                  "estimated from held-out clicks when absent")
+    timestamp: str = "event_timestamp"
+
+    def reserved(self) -> list[str]:
+        """Columns that are never model features (ids, label inputs, evaluation-only data)."""
+        return list(self.model_dump().values())

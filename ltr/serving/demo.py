@@ -83,7 +83,7 @@ def save_encoder(out_dir: str | Path, tiny: bool = True, seed: int = 0) -> Path:
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     from features.crossencoder import load_base_cross_encoder
-    from ltr.data.models import default_encoder_path
+    from ltr.data.encoder import default_encoder_path
 
     out = Path(out_dir)
     torch.manual_seed(seed)

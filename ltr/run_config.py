@@ -1,4 +1,4 @@
-"""The run config: one validated YAML file drives every stage (`ltr run --config ...`).
+"""The main job's config: one validated YAML file drives every stage (`ltr run --config ...`).
 
 Each package owns its section's model (labels.config, features.config, ltr.train_config, ...); this
 module only composes them, so the CLI and notebooks share one schema.
@@ -8,44 +8,41 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from features.config import FeaturesConfig
 from features.crossencoder import CrossEncoderConfig
 from labels.config import LabelConfig
-from ltr.data.world import WorldConfig
+from ltr.data.config import StrictConfig
+from ltr.sim.world import WorldConfig
 from ltr.train_config import ExperimentConfig, TrainConfig, TuneConfig
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DatasetConfig(Strict):
+class DatasetConfig(StrictConfig):
     source: Literal["world", "dir", "esci"] = "world"
     path: Optional[Path] = Field(None, description="dataset dir (source=dir) or ESCI folder (source=esci)")
     world: WorldConfig = Field(default_factory=WorldConfig)
     simulate_engagement: bool = Field(True, description="simulate logs for a catalog that has none")
 
 
-class TrackingConfig(Strict):
+class TrackingConfig(StrictConfig):
     uri: str = "sqlite:///mlruns/mlflow.db"
     experiment: str = "ltr"
     model_name: str = "ltr-ranker"
     enabled: bool = True
 
 
-class WindowConfig(Strict):
+class WindowConfig(StrictConfig):
     label_days: int = Field(7, ge=1, description="engagement labels (and held-out engagement) come from the "
                             "last N days of the log; features are read as of the start of that window")
 
 
-class EvaluateConfig(Strict):
+class EvaluateConfig(StrictConfig):
     esci_dir: Optional[Path] = Field(None, description="judged dataset to evaluate the champion on; "
                                      "default: ../shared/data/esci when present")
 
 
-class RunConfig(Strict):
+class RunConfig(StrictConfig):
     seed: int = 7
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     labels: LabelConfig = Field(default_factory=LabelConfig)

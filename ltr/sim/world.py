@@ -15,20 +15,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
-from .click_model import ClickModel
-from .dataset import write_metadata, write_table
-from .engagement import (
-    EPOCH,
-    baseline_scores,
-    engagement_report,
-    lexical_overlap,
-    simulate_sessions,
-    tokens,
-)
-from .schemas import (
+from ltr.data.config import StrictConfig
+from ltr.data.dataset import write_metadata, write_table
+from ltr.data.schemas import (
     CANDIDATES,
     IMPRESSIONS,
     JUDGMENTS,
@@ -36,6 +28,16 @@ from .schemas import (
     QUERIES,
     TRUTH,
     query_id,
+)
+
+from .click_model import ClickModel
+from .sessions import (
+    EPOCH,
+    baseline_scores,
+    engagement_report,
+    lexical_overlap,
+    simulate_sessions,
+    tokens,
 )
 from .vocab import (
     DESCRIPTION_CLOSERS,
@@ -64,10 +66,8 @@ _CONFUSION = np.array([
 ])
 
 
-class WorldConfig(BaseModel):
+class WorldConfig(StrictConfig):
     """Size and behaviour of the built-in world. Defaults give ~6k products, 500 queries, ~250k impressions."""
-
-    model_config = ConfigDict(extra="forbid")
 
     n_products: int = Field(6000, ge=100, description="catalog size (>= 5000 for the default world)")
     n_queries: int = Field(500, ge=10, description="distinct queries")

@@ -1,7 +1,8 @@
-"""YAML config loading with one-line, actionable errors.
+"""The one strict config base and the one YAML loader, with one-line, actionable errors.
 
-An experiment should be a config diff, so configs are strict: an unknown key, a wrong type or a
-missing file is rejected up front with the dotted key and the fix, never silently ignored.
+An experiment should be a config diff, so every config section (labels, features, training, the run)
+derives from `StrictConfig`: an unknown key, a wrong type or a missing file is rejected up front with the
+dotted key and the fix, never silently ignored.
 """
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class StrictConfig(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ConfigError(ValueError):

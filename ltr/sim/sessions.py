@@ -20,9 +20,10 @@ import pandas as pd
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
+from ltr.data.dataset import Dataset, DatasetError, update_metadata, write_table
+from ltr.data.schemas import IMPRESSIONS
+
 from .click_model import ClickModel, _group_z
-from .dataset import Dataset, DatasetError, update_metadata, write_table
-from .schemas import IMPRESSIONS
 
 EPOCH = pd.Timestamp("2026-09-01", tz="UTC")  # fixed: logs never depend on the wall clock
 _TOKEN = re.compile(r"[a-z0-9]+")
