@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ltr.data.encoder import TextEncoder, default_encoder_path
+from ltr.data.encoder import TextEncoder, default_encoder_path, row_cosine
 
 from .text import pair_texts
 
@@ -64,7 +64,7 @@ class BiEncoder:
             raise ValueError(f"queries ({len(queries)}) and texts ({len(texts)}) must have the same length.")
         q = self.encode(queries, batch_size, progress)
         d = self.encode(texts, batch_size, progress)
-        return np.einsum("ij,ij->i", q, d).astype(np.float32)
+        return row_cosine(q, d).astype(np.float32)
 
 
 _DEFAULT: BiEncoder | None = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ltr.data.engagement import smoothed_rate
 from ltr.data.schemas import FEATURES, IMPRESSIONS
 
 _DAY_NS = 86_400 * 10**9
@@ -83,10 +84,10 @@ def _windowed(keys: pd.DataFrame, day: np.ndarray, vals: np.ndarray, windows: li
         out[f"{prefix}_clicks_{w}d"] = cl
         out[f"{prefix}_atc_{w}d"] = atc
         out[f"{prefix}_purch_{w}d"] = pur
-        out[f"{prefix}_ctr_{w}d"] = (cl + m * mu[:, 0]) / (n + m)
-        out[f"{prefix}_atc_rate_{w}d"] = (atc + m * mu[:, 1]) / (n + m)
-        out[f"{prefix}_purch_rate_{w}d"] = (pur + m * mu[:, 2]) / (n + m)
-        out[f"{prefix}_coec_{w}d"] = (cl + m) / (exp + m)
+        out[f"{prefix}_ctr_{w}d"] = smoothed_rate(cl, n, m, prior=mu[:, 0])
+        out[f"{prefix}_atc_rate_{w}d"] = smoothed_rate(atc, n, m, prior=mu[:, 1])
+        out[f"{prefix}_purch_rate_{w}d"] = smoothed_rate(pur, n, m, prior=mu[:, 2])
+        out[f"{prefix}_coec_{w}d"] = smoothed_rate(cl, exp, m, prior=1.0)  # clicks over expected clicks
     first_rows = np.unique(code, return_index=True)[1]
     key_table = keys.iloc[first_rows].reset_index(drop=True)  # row i holds the key of code i
     res = key_table.iloc[cp_code].reset_index(drop=True)

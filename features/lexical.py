@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ltr.data.plurals import fold_plural
 from ltr.data.schemas import normalize_query
 
 LEXICAL_FEATURES = (
@@ -65,17 +66,6 @@ def content_terms(tokens: Iterable[str]) -> list[str]:
     return [t for t in tokens if t not in STOPWORDS]
 
 
-def _stem(t: str) -> str:
-    """A deliberately tiny plural folding (shoes -> shoe, boxes -> box) so 'headphones' meets 'headphone'."""
-    if len(t) > 4 and t.endswith("ies"):
-        return t[:-3] + "y"
-    if len(t) > 4 and t.endswith(("xes", "ches", "shes", "sses")):
-        return t[:-2]
-    if len(t) > 3 and t.endswith("s") and not t.endswith("ss"):
-        return t[:-1]
-    return t
-
-
 def number_units(text: object) -> set[tuple[float, str]]:
     """Numbers followed by a known unit: "32 oz", "32oz", '10"', "10-inch" -> {(32.0, "oz"), (10.0, "inch")}."""
     if text is None or (isinstance(text, float) and math.isnan(text)):
@@ -112,10 +102,10 @@ def attribute_match(query_tokens: list[str], value: object) -> tuple[float, floa
     exact: the whole value appears as a phrase in the query (plural-folded); partial: the share of the
     value's tokens that appear in the query. (NaN, NaN) when the product has no value.
     """
-    vt = [_stem(t) for t in tokenize(value)]
+    vt = [fold_plural(t) for t in tokenize(value)]
     if not vt:
         return float("nan"), float("nan")
-    qt = [_stem(t) for t in query_tokens]
+    qt = [fold_plural(t) for t in query_tokens]
     exact = 1.0 if _phrase_in(vt, qt) else 0.0
     qs = set(qt)
     partial = sum(1 for t in vt if t in qs) / len(vt)
@@ -133,7 +123,7 @@ def product_type(category: object) -> str | None:
 def _coverage(q_terms: list[str], doc_terms: set[str]) -> float:
     if not q_terms:
         return float("nan")
-    return sum(1 for t in q_terms if _stem(t) in doc_terms) / len(q_terms)
+    return sum(1 for t in q_terms if fold_plural(t) in doc_terms) / len(q_terms)
 
 
 def _num_features(q_nu: set[tuple[float, str]], p_nu: set[tuple[float, str]]) -> tuple[float, float]:
@@ -177,8 +167,8 @@ class LexicalIndex:
         titles, bullets, descs = col("title"), col("bullet_points"), col("description")
         self.brands, self.colors, cats = col("brand"), col("color"), col("category")
         self.idx = {"title": _FieldIndex(titles), "bullets": _FieldIndex(bullets), "desc": _FieldIndex(descs)}
-        self.p_title_terms = [{_stem(t) for t in tokenize(x)} for x in titles]
-        self.p_all_terms = [{_stem(t) for t in tokenize(" ".join(str(v) for v in vals if isinstance(v, str)))}
+        self.p_title_terms = [{fold_plural(t) for t in tokenize(x)} for x in titles]
+        self.p_all_terms = [{fold_plural(t) for t in tokenize(" ".join(str(v) for v in vals if isinstance(v, str)))}
                             for vals in zip(titles, bullets, descs, self.brands, self.colors, cats)]
         self.p_nu = [number_units(t) | number_units(b) for t, b in zip(titles, bullets)]
         self.p_type = [product_type(c) for c in cats]

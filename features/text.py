@@ -1,50 +1,19 @@
-"""How a product row becomes the text an encoder sees.
+"""Tables of pairs -> the texts an encoder sees, aligned row by row.
 
-One function shared by the cross-encoder and the bi-encoder, so training, offline features and the
-serving path all feed a model exactly the same string for the same product. Field order matters:
-encoders truncate from the end, so the most decisive fields (title, brand, color, category) come
-first and the long free text (bullets, description) last, character-capped so tokenization stays cheap.
+The rendering itself is `ltr.data.product_text` (ENCODER_LAYOUT), shared with the labeler, so training,
+offline features and the serving path feed a model exactly the same string for the same product; this
+module adds the table plumbing (id lookups with clear errors, one render per distinct product).
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import pandas as pd
 
-DEFAULT_FIELDS: tuple[str, ...] = ("title", "brand", "color", "category", "bullet_points", "description")
-TEXT_FIELDS = frozenset(DEFAULT_FIELDS)
-_LABELS = {"brand": "Brand", "color": "Color", "category": "Category"}
+from ltr.data.product_text import TEXT_FIELDS, product_text
 
-
-def _clean(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return " ".join(str(v).split())
-
-
-def product_text(row: Mapping[str, Any] | pd.Series, fields: Iterable[str] = DEFAULT_FIELDS,
-                 max_bullet_chars: int = 300, max_description_chars: int = 200) -> str:
-    """Render one product as model input, e.g. ``"Kindle ... | Brand: Amazon | Color: Black | ..."``.
-
-    Empty fields are skipped; bullets and description are truncated to the given character budgets.
-    """
-    fields = tuple(fields)
-    bad = [f for f in fields if f not in TEXT_FIELDS]
-    if bad:
-        raise ValueError(f"unknown product text field(s) {bad}. Fix: use a subset of {list(DEFAULT_FIELDS)}.")
-    parts: list[str] = []
-    for f in fields:
-        v = _clean(row.get(f) if hasattr(row, "get") else None)
-        if not v:
-            continue
-        if f == "bullet_points":
-            v = v[:max_bullet_chars]
-        elif f == "description":
-            v = v[:max_description_chars]
-        parts.append(f"{_LABELS[f]}: {v}" if f in _LABELS else v)
-    return " | ".join(parts)
+DEFAULT_FIELDS: tuple[str, ...] = TEXT_FIELDS
 
 
 def product_texts(products: pd.DataFrame, product_ids: Iterable[str] | None = None,
@@ -85,4 +54,4 @@ def pair_texts(pairs: pd.DataFrame, products: pd.DataFrame, queries: pd.DataFram
     return [qmap[q] for q in pairs["query_id"]], product_texts(products, pairs["product_id"], **kwargs)
 
 
-__all__ = ["DEFAULT_FIELDS", "pair_texts", "product_text", "product_texts"]
+__all__ = ["DEFAULT_FIELDS", "pair_texts", "product_text", "product_texts"]  # product_text: re-exported

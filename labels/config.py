@@ -43,13 +43,56 @@ class CausalLMSettings(StrictConfig):
     max_length: int = Field(512, ge=32)
 
 
-class GraderSettings(StrictConfig):
+#: features computed from embeddings; every other grader feature name must be one of LEXICAL_FEATURES.
+#: maxsim_*: ColBERT-style late interaction on the frozen encoder's token vectors: for each query word piece
+#: the best cosine over the product text's word pieces, then the mean (semantic term coverage) and the min
+#: (the worst-covered query term) over the query's pieces. Same forward pass as `cos`, no extra encoding.
+EMBEDDING_FEATURES = ("cos", "cos_refz", "cos_title", "maxsim_mean", "maxsim_min")
+MAXSIM_FEATURES = ("maxsim_mean", "maxsim_min")
+#: chosen on query-split CV of the ESCI sample (bench/bench_grader.py): the zero-shot cosine, semantic-free
+#: term coverage (exact and prefix), and negation ("bottle without straw": the excluded term in the title).
+#: MAXSIM_FEATURES are opt-in: see labels/backends/grader.py for what they gave.
+DEFAULT_FEATURES = ("cos", "q_partial_text", "q_in_text", "has_negation", "neg_in_title")
+
+
+class GraderConfig(StrictConfig):
+    """The fine-tuned grader: where a fitted one lives (`dir`), or how to fit one on the seed set.
+
+    Everything but `dir` and `progress` is part of the fitted model's identity (`fingerprint_dict`).
+    """
+
     dir: str | None = Field(None, description="fitted grader dir; None = fit on the dataset's judgments")
+    features: tuple[str, ...] = Field(DEFAULT_FEATURES, description="grader inputs; add 'maxsim_mean', "
+                                      "'maxsim_min' for token-level MaxSim")
+    l2: float = Field(50.0, ge=0, description="ridge penalty on the standardised coefficients")
+    class_weight_power: float = Field(0.0, description="weight_k ~ freq_k^-power (0 = plain likelihood)")
+    inner_folds: int = Field(5, ge=0, description="query-grouped inner CV for the kappa cut points")
+    n_reference: int = Field(256, ge=1, description="catalogue products kept as the per-query cosine reference")
+    max_len_query: int = Field(24, ge=1)
+    max_len_product: int = Field(64, ge=1)
+    encode_batch: int = Field(64, ge=1)
+    seed: int = 0
+    num_threads: int = Field(1, ge=1)
+    progress: bool = True
     epochs: int = Field(4, ge=0, description="unused since grader format 2 (the head fits to convergence)")
     n_unfrozen: int = Field(0, ge=0, le=0, description="must be 0: grader format 2 does not fine-tune layers")
-    seed: int = 0
-    features: list[str] | None = Field(
-        None, description="None = the default recipe; e.g. add 'maxsim_mean', 'maxsim_min' (token-level MaxSim)")
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _features(cls, v: Any) -> tuple[str, ...]:
+        from .lexical import LEXICAL_FEATURES
+        v = DEFAULT_FEATURES if v is None else tuple(v)
+        unknown = [f for f in v if f not in EMBEDDING_FEATURES and f not in LEXICAL_FEATURES]
+        if unknown or not v:
+            raise ValueError(f"unknown {unknown or 'empty list'}. Fix: choose from "
+                             f"{list(EMBEDDING_FEATURES) + list(LEXICAL_FEATURES)}.")
+        return v
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """What determines the fitted model (progress bars and where it is stored do not)."""
+        d = self.model_dump(exclude={"progress", "dir"})
+        d["features"] = list(self.features)
+        return d
 
 
 class ImportedSettings(StrictConfig):
@@ -62,7 +105,7 @@ class TierConfig(StrictConfig):
     backend: Literal["grader", "openai", "causal_lm"]
     openai: OpenAISettings | None = None
     causal_lm: CausalLMSettings | None = None
-    grader: GraderSettings | None = None
+    grader: GraderConfig | None = None
     escalate_if_margin_below: float | None = Field(None, ge=0, le=1)
     escalate_if_entropy_above: float | None = Field(None, ge=0)
 
@@ -77,7 +120,7 @@ class LabelConfig(StrictConfig):
     cache_path: str | None = Field(None, description="SQLite cache; default: <out dir>/label_cache.sqlite")
     max_dollars: float | None = Field(None, ge=0)
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict, description="USD per 1M tokens in/out")
-    grader: GraderSettings = Field(default_factory=GraderSettings)
+    grader: GraderConfig = Field(default_factory=GraderConfig)
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     causal_lm: CausalLMSettings | None = None
     imported: ImportedSettings | None = None

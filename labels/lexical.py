@@ -2,7 +2,8 @@
 
 They complement the encoder where it is weakest on product search: exact brand, colour, numbers and
 units, and whether every query word is present (the difference between Exact and Substitute).
-`labels/` must not import `features/`, so this small, self-contained set lives here.
+These are the grader's inputs (fitted models depend on them), distinct from the catalog features of
+features/lexical.py; the shared tokens rules live on the floor (ltr.data.plurals).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from ltr.data.plurals import fold_plural_grader
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 _NUM = re.compile(r"\d+(?:\.\d+)?")
@@ -32,16 +35,8 @@ def _s(v: Any) -> str:
     return str(v).lower()
 
 
-def _stem(t: str) -> str:
-    if len(t) > 3 and t.endswith("es") and not t.endswith("ses"):
-        return t[:-2]
-    if len(t) > 3 and t.endswith("s") and not t.endswith("ss"):
-        return t[:-1]
-    return t
-
-
 def tokens(text: str) -> list[str]:
-    return [_stem(t) for t in _TOKEN.findall(text.lower()) if t not in _STOP]
+    return [fold_plural_grader(t) for t in _TOKEN.findall(text.lower()) if t not in _STOP]
 
 
 def _frac(q: Sequence[str], bag: set[str]) -> float:

@@ -5,9 +5,10 @@ means bumping its version (old grades stay valid for the old version and are nev
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from ltr.data.product_text import PROMPT_LAYOUT, clean_text, render
 
 GRADE_SCALE = {
     3: "Exact: the product is what the query asks for and satisfies every stated attribute.",
@@ -17,31 +18,11 @@ GRADE_SCALE = {
 }
 
 
-def _clean(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return " ".join(str(v).split())
-
-
-def _trunc(text: str, n_chars: int) -> str:
-    return text if len(text) <= n_chars else text[: n_chars].rsplit(" ", 1)[0] + " ..."
-
-
 def product_block(product: Mapping[str, Any], max_description_chars: int = 300,
                   max_bullet_chars: int = 400) -> str:
     """The product as the grader sees it: title, brand, colour, category, bullets, truncated description."""
-    lines = [f"Title: {_clean(product.get('title'))}"]
-    for label, key in (("Brand", "brand"), ("Color", "color"), ("Category", "category")):
-        v = _clean(product.get(key))
-        if v:
-            lines.append(f"{label}: {v}")
-    bullets = _clean(product.get("bullet_points"))
-    if bullets:
-        lines.append(f"Bullet points: {_trunc(bullets, max_bullet_chars)}")
-    desc = _clean(product.get("description"))
-    if desc:
-        lines.append(f"Description: {_trunc(desc, max_description_chars)}")
-    return "\n".join(lines)
+    return render(product, PROMPT_LAYOUT.with_budget(max_bullet_chars=max_bullet_chars,
+                                                     max_description_chars=max_description_chars))
 
 
 @dataclass(frozen=True)
@@ -53,7 +34,7 @@ class PromptTemplate:
     def messages(self, query: str, product: Mapping[str, Any]) -> list[dict[str, str]]:
         """OpenAI chat messages for one (query, product) pair."""
         return [{"role": "system", "content": self.system},
-                {"role": "user", "content": self.user.format(query=_clean(query), product=product_block(product))}]
+                {"role": "user", "content": self.user.format(query=clean_text(query), product=product_block(product))}]
 
 
 _SCALE_TEXT = "\n".join(f"{g} = {t}" for g, t in sorted(GRADE_SCALE.items(), reverse=True))

@@ -4,7 +4,7 @@
     calibrate(labels_df_or_path, judgments_df_or_path) -> report dict
 
 Every new grade is committed to the SQLite cache as it returns, so a killed run re-run with the same
-config grades only what is missing. Also runnable as `python -m labels.run DATASET OUT [--config X.json|yaml]`
+config grades only what is missing. Also runnable as `python -m labels.run DATASET OUT [--config X.yaml]`
 (the lead's `ltr label` calls the same functions).
 """
 from __future__ import annotations
@@ -47,19 +47,14 @@ def fit_grader_on_dataset(ds: Dataset, out_dir: Path, cfg: LabelConfig, holdout_
                           ) -> tuple[Path, set[str]]:
     """Fit the local grader on the dataset's human judgments (the seed set), holding out a seeded,
     query-grouped share of queries so the calibration report is measured on pairs it never saw."""
-    from .backends.grader import FineTunedGrader, GraderConfig
+    from .backends.grader import FineTunedGrader
     j = ds.judgments.merge(ds.products, on="product_id", how="inner")
     qs = np.array(sorted(j["query_id"].unique()))
     rng = np.random.default_rng(cfg.grader.seed)
     n_hold = int(round(holdout_frac * len(qs))) if len(qs) >= 5 else 0
     held = set(rng.choice(qs, size=n_hold, replace=False)) if n_hold else set()
     tr = j[~j["query_id"].isin(held)]
-    extra = {"features": tuple(cfg.grader.features)} if cfg.grader.features else {}
-    try:
-        gcfg = GraderConfig(epochs=cfg.grader.epochs, n_unfrozen=cfg.grader.n_unfrozen, seed=cfg.grader.seed,
-                            **extra)
-    except ValueError as e:  # name the config field, not the internal dataclass
-        raise ValueError(f"label.grader.features: {e}") from None
+    gcfg = cfg.grader
     g = FineTunedGrader(config=gcfg)
     g.fit(tr["query"].tolist(), tr.to_dict("records"), tr["grade"].to_numpy())
     d = out_dir / "grader"
@@ -192,22 +187,15 @@ def label_pairs(dataset_dir: str | Path, out_path: str | Path, cfg: LabelConfig 
 
 
 def _load_cfg(path: str | None) -> LabelConfig:
-    if not path:
-        return LabelConfig()
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    return LabelConfig.model_validate(data)
+    from ltr.data.config import load_config
+    return load_config(path, LabelConfig)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m labels.run", description="grade a dataset's candidate pairs")
     ap.add_argument("dataset")
     ap.add_argument("out", help="labels parquet to write")
-    ap.add_argument("--config", help="LabelConfig as JSON or YAML")
+    ap.add_argument("--config", help="LabelConfig as YAML (JSON is YAML too)")
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
     s = label_pairs(a.dataset, a.out, _load_cfg(a.config), progress=not a.no_progress)

@@ -25,9 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ltr.data.dataset import Dataset
+from ltr.data.engagement import COUNT_COLUMNS, pair_counts, smoothed_rate
 from ltr.run_config import RunConfig
-
-ENG_COLS = ("impressions", "clicks", "carts", "purchases")
 
 
 @dataclass(frozen=True)
@@ -193,24 +192,10 @@ def engagement_cutoff(impressions: pd.DataFrame, label_days: int) -> pd.Timestam
     return end - pd.Timedelta(days=label_days)
 
 
-def engagement_counts(impressions: pd.DataFrame, start: pd.Timestamp | None = None,
-                      end: pd.Timestamp | None = None) -> pd.DataFrame:
-    """Per-pair impressions / clicks / carts / purchases in [start, end)."""
-    imp = impressions
-    if start is not None:
-        imp = imp[imp["ts"] >= start]
-    if end is not None:
-        imp = imp[imp["ts"] < end]
-    g = imp.groupby(["query_id", "product_id"], sort=True)
-    return pd.DataFrame({"impressions": g.size(), "clicks": g["clicked"].sum(),
-                         "carts": g["added_to_cart"].sum(), "purchases": g["purchased"].sum()}
-                        ).astype("float64").reset_index()
-
-
 def purchase_targets(ds: Dataset, cutoff: pd.Timestamp) -> pd.DataFrame:
     """Purchase labels for the Hopit.ai arm: smoothed purchase rate of each pair before the cutoff, in [0,1]."""
-    c = engagement_counts(ds.impressions, end=cutoff)
-    rate = (c["purchases"] + 0.01) / (c["impressions"] + 1.0)
+    c = pair_counts(ds.impressions, end=cutoff)
+    rate = smoothed_rate(c["purchases"], c["impressions"], smoothing=1.0, prior=0.01)
     c["score"] = (rate / rate.max()).clip(0, 1)
     return c[["query_id", "product_id", "score"]]
 
@@ -248,10 +233,10 @@ def stage_training_frame(cfg: RunConfig, paths: RunPaths, ds: Dataset, store: An
     frame = store.get_training_frame(ent, labels=True)
     frame = frame.rename(columns={"label_score": "content_score"})
     frame = frame.drop(columns=[c for c in ("label_grade", "labeler", "labeler_kind") if c in frame.columns])
-    after = engagement_counts(ds.impressions, start=cutoff) if ds.has_engagement else None
+    after = pair_counts(ds.impressions, start=cutoff) if ds.has_engagement else None
     if after is not None:
         frame = frame.merge(after, on=["query_id", "product_id"], how="left")
-        for c in ENG_COLS:
+        for c in COUNT_COLUMNS:
             frame[c] = frame[c].fillna(0.0)
             frame[f"heldout_{c}"] = frame[c]
     for e in extra:

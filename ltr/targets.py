@@ -22,35 +22,19 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from labels.polarize import polarize as _polarize
+from ltr.data.engagement import smoothed_rate
 from ltr.data.schemas import FrameColumns
 
 from .train_config import EngagementConfig, TargetConfig
-
-try:  # the labels engineer's implementation, when present (same signature)
-    from labels.polarize import polarize as _labels_polarize  # type: ignore
-except ImportError:  # pragma: no cover - depends on what is installed
-    _labels_polarize = None
 
 
 class TargetError(ValueError):
     """Bad input for a label; the message names the field and the fix."""
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
-
-
-def _polarize_local(scores, alpha: float, beta: float, rescale: bool = True) -> np.ndarray:
-    s = np.asarray(scores, dtype="float64")
-    y = _sigmoid(alpha * (s - beta))
-    if rescale:
-        lo, hi = _sigmoid(alpha * (0.0 - beta)), _sigmoid(alpha * (1.0 - beta))
-        y = (y - lo) / (hi - lo)
-    return np.clip(y, 0.0, 1.0) if rescale else y
-
-
 def polarize(scores, alpha: float, beta: float, rescale: bool = True) -> np.ndarray:
-    """sigma(alpha*(s-beta)), optionally rescaled to map 0->0 and 1->1. Delegates to labels.polarize if present."""
+    """labels.polarize with the training-frame checks: a NaN or out-of-range score names the fix."""
     s = np.asarray(scores, dtype="float64")
     if np.isnan(s).any():
         raise TargetError(f"content score has {int(np.isnan(s).sum())} NaN value(s). Fix: label every training "
@@ -60,9 +44,7 @@ def polarize(scores, alpha: float, beta: float, rescale: bool = True) -> np.ndar
                           "expected grade / 3.")
     if not alpha > 0:
         raise TargetError(f"alpha must be > 0, got {alpha}. Fix: use alpha=None for no sigmoid.")
-    if _labels_polarize is not None:
-        return np.asarray(_labels_polarize(s, alpha, beta, rescale=rescale), dtype="float64")
-    return _polarize_local(s, alpha, beta, rescale)
+    return np.asarray(_polarize(s, alpha, beta, rescale=rescale), dtype="float64")
 
 
 def content_label(scores, alpha: float | None, beta: float = 0.5, rescale: bool = True) -> np.ndarray:
@@ -95,10 +77,7 @@ def engagement_label(frame: pd.DataFrame, cfg: EngagementConfig | None = None,
             raise TargetError(f"column '{col}' must be >= 0 with no NaN. Fix: fill unseen pairs with 0.")
         if w == 0:
             continue
-        prior = e.sum() / n.sum() if n.sum() > 0 else 0.0
-        den = n + cfg.smoothing
-        rate = np.divide(e + cfg.smoothing * prior, den, out=np.zeros_like(e), where=den > 0)
-        score += w * rate
+        score += w * smoothed_rate(e, n, cfg.smoothing)
     score /= cfg.click_weight + cfg.cart_weight + cfg.purchase_weight
     if cfg.normalize == "query_max":
         mx = pd.Series(score).groupby(frame[cols.query_id].to_numpy()).transform("max").to_numpy()

@@ -28,18 +28,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ltr.data.encoder import shared_encoder, torch_threads
+from ltr.data.encoder import row_cosine, shared_encoder, torch_threads
+from ltr.data.product_text import GRADER_LAYOUT, clean_text, render
 
+from ..config import DEFAULT_FEATURES, EMBEDDING_FEATURES, MAXSIM_FEATURES, GraderConfig  # noqa: F401
 from ..lexical import LEXICAL_FEATURES, lexical_matrix
 from ..metrics import apply_thresholds, quadratic_kappa, quantile_thresholds, spearman
 from .base import Backend, LabelResult, OnResult, Pair
@@ -47,74 +47,9 @@ from .grader_model import N_GRADES, OrdinalLogit, oof_thresholds
 
 GRADER_FORMAT_VERSION = 2
 
-#: features computed from embeddings; every other feature name must be one of LEXICAL_FEATURES.
-#: maxsim_*: ColBERT-style late interaction on the frozen encoder's token vectors: for each query word piece
-#: the best cosine over the product text's word pieces, then the mean (semantic term coverage) and the min
-#: (the worst-covered query term) over the query's pieces. Same forward pass as `cos`, no extra encoding.
-EMBEDDING_FEATURES = ("cos", "cos_refz", "cos_title", "maxsim_mean", "maxsim_min")
-MAXSIM_FEATURES = ("maxsim_mean", "maxsim_min")
-#: chosen on query-split CV of the ESCI sample (bench/bench_grader.py): the zero-shot cosine, semantic-free
-#: term coverage (exact and prefix), and negation ("bottle without straw": the excluded term in the title).
-#: MAXSIM_FEATURES are opt-in: see the module docstring for what they gave.
-DEFAULT_FEATURES = ("cos", "q_partial_text", "q_in_text", "has_negation", "neg_in_title")
-
-
-def _clean(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return " ".join(str(v).split())
-
-
 def encoder_text(product: Mapping[str, Any]) -> str:
     """Short product text for the encoder: what fits in ~64 tokens and matters most."""
-    cat = _clean(product.get("category")).split(" > ")[-1]
-    parts = [_clean(product.get("title")), _clean(product.get("brand")), _clean(product.get("color")), cat]
-    return " | ".join(p for p in parts if p)
-
-
-@dataclass
-class GraderConfig:
-    features: tuple[str, ...] = DEFAULT_FEATURES
-    l2: float = 50.0  # ridge penalty on the standardised coefficients (loss is a per-pair mean)
-    class_weight_power: float = 0.0  # weight_k ~ freq_k^-power (0 = plain likelihood)
-    inner_folds: int = 5  # query-grouped inner CV for the kappa cut points
-    n_reference: int = 256  # catalogue products kept as the per-query cosine reference
-    max_len_query: int = 24
-    max_len_product: int = 64
-    encode_batch: int = 64
-    seed: int = 0
-    num_threads: int = 1
-    progress: bool = True
-    # kept for compatibility with GraderSettings: the ordinal head is fitted to convergence (no epochs), and
-    # unfreezing encoder layers was dropped in format 2 (slower and worse than zero-shot on the seed set)
-    epochs: int = 0
-    n_unfrozen: int = 0
-
-    def __post_init__(self) -> None:
-        self.features = tuple(self.features)
-        unknown = [f for f in self.features if f not in EMBEDDING_FEATURES and f not in LEXICAL_FEATURES]
-        if unknown or not self.features:
-            raise ValueError(
-                f"GraderConfig.features: unknown {unknown or 'empty list'}. Fix: choose from "
-                f"{list(EMBEDDING_FEATURES) + list(LEXICAL_FEATURES)}."
-            )
-        if self.n_unfrozen != 0:
-            raise ValueError(
-                f"GraderConfig.n_unfrozen={self.n_unfrozen}: fine-tuning encoder layers is not "
-                "supported since grader format 2. Fix: set grader.n_unfrozen to 0."
-            )
-        if self.l2 < 0 or self.inner_folds < 0 or self.n_reference < 1 or self.num_threads < 1:
-            raise ValueError(
-                "GraderConfig: l2 >= 0, inner_folds >= 0, n_reference >= 1 and num_threads >= 1 "
-                "are required. Fix: correct the value in the grader config."
-            )
-
-    def fingerprint_dict(self) -> dict[str, Any]:
-        """What determines the fitted model (progress bars do not)."""
-        d = asdict(self)
-        d.pop("progress")
-        d["features"] = list(self.features)
-        return d
+    return render(product, GRADER_LAYOUT)
 
 
 def _sha(obj: Any) -> str:
@@ -126,7 +61,7 @@ def training_fingerprint(
 ) -> str:
     """Order-independent hash of the (query, product text, grade) training rows."""
     rows = sorted(
-        f"{q}\x1f{encoder_text(p)}\x1f{_clean(p.get('title'))}\x1f{int(g)}"
+        f"{q}\x1f{encoder_text(p)}\x1f{clean_text(p.get('title'))}\x1f{int(g)}"
         for q, p, g in zip(queries, products, grades)
     )
     h = hashlib.sha1()
@@ -175,7 +110,7 @@ class FineTunedGrader:
             te = None
             if "cos_title" in c.features:
                 te = self.enc.embed(
-                    [_clean(p.get("title")) for p in products],
+                    [clean_text(p.get("title")) for p in products],
                     c.max_len_product,
                     c.encode_batch,
                     progress,
@@ -189,13 +124,13 @@ class FineTunedGrader:
         """(n, len(features)) float64; every row depends only on its own pair (and the fitted reference)."""
         qe, pe, te = self._embed(queries, products, progress)
         assert self.reference is not None
-        cos = (qe * pe).sum(1).astype(np.float64)
+        cos = row_cosine(qe, pe).astype(np.float64)
         cols: dict[str, np.ndarray] = {"cos": cos}
         if "cos_refz" in self.cfg.features:
             ref = qe.astype(np.float64) @ self.reference.T.astype(np.float64)
             cols["cos_refz"] = (cos - ref.mean(1)) / np.maximum(ref.std(1), 1e-3)
         if te is not None:
-            cols["cos_title"] = (qe * te).sum(1).astype(np.float64)
+            cols["cos_title"] = row_cosine(qe, te).astype(np.float64)
         if any(f in MAXSIM_FEATURES for f in self.cfg.features):
             cols["maxsim_mean"], cols["maxsim_min"] = self._maxsim(queries, products)
         lex_names = [f for f in self.cfg.features if f in LEXICAL_FEATURES]
@@ -365,9 +300,7 @@ class FineTunedGrader:
                 f"{d}: grader format {meta.get('format_version')} != {GRADER_FORMAT_VERSION}. "
                 "Fix: re-fit the grader with this version of labels/."
             )
-        cfg_d = dict(meta["config"])
-        cfg_d["features"] = tuple(cfg_d["features"])
-        g = cls(encoder_path, GraderConfig(**cfg_d))
+        g = cls(encoder_path, GraderConfig(**meta["config"]))
         g.model = OrdinalLogit.from_dict(meta["model"])
         with np.load(d / "weights.npz") as z:
             g.reference = z["reference"]
@@ -406,7 +339,7 @@ class ZeroShotBiEncoderGrader:
             pe = self.enc.embed(
                 [encoder_text(p) for p in products], self.lp, progress=progress, desc="embed products"
             )
-        return (qe * pe).sum(1).astype(np.float64)
+        return row_cosine(qe, pe).astype(np.float64)
 
     def fit(self, queries, products, grades) -> ZeroShotBiEncoderGrader:
         self.thresholds = quantile_thresholds(self.cosine(queries, products), grades)

@@ -43,6 +43,12 @@ def default_encoder_path() -> Path:
 
 
 DIM = 384
+
+
+def row_cosine(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """cos(q[i], d[i]) of unit-norm embeddings, in their dtype: the bi-encoder feature and the grader's
+    `cos` input are this one number, so they must be computed the same way to the last bit."""
+    return (q * d).sum(1)
 _LOCK = threading.Lock()
 _ENCODERS: dict[str, TextEncoder] = {}
 

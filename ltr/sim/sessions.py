@@ -21,6 +21,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from ltr.data.dataset import Dataset, DatasetError, update_metadata, write_table
+from ltr.data.engagement import pair_counts
 from ltr.data.schemas import IMPRESSIONS
 
 from .click_model import ClickModel, _group_z
@@ -124,11 +125,8 @@ def engagement_report(impressions: pd.DataFrame, grades: pd.DataFrame, min_impre
 
     `grades` holds query_id, product_id, grade (ground truth for the world, judgments for real data).
     """
-    agg = (impressions.groupby(["query_id", "product_id"], sort=True)
-           .agg(impressions=("clicked", "size"), clicks=("clicked", "sum"), carts=("added_to_cart", "sum"),
-                purchases=("purchased", "sum"))
-           .reset_index())
-    agg = agg.merge(grades[["query_id", "product_id", "grade"]], on=["query_id", "product_id"], how="inner")
+    agg = pair_counts(impressions).merge(grades[["query_id", "product_id", "grade"]],
+                                         on=["query_id", "product_id"], how="inner")
     agg["ctr"] = agg["clicks"] / agg["impressions"]
     enough = agg[agg["impressions"] >= min_impressions]
     rho = float(spearmanr(enough["grade"], enough["ctr"]).statistic) if len(enough) > 2 else float("nan")
