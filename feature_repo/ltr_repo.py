@@ -33,36 +33,15 @@ from feast import (
 from feast.types import Float64, String
 from feast.value_type import ValueType
 
-# Feature names per view: the single list that build, store and serving agree on.
-VIEW_FEATURES: dict[str, list[str]] = {
-    "lexical": ["lex_bm25_title", "lex_bm25_bullets", "lex_bm25_desc", "lex_cov_title", "lex_cov_all",
-                "lex_query_len", "lex_brand_exact", "lex_brand_partial", "lex_color_exact",
-                "lex_color_partial", "lex_type_exact", "lex_type_partial", "lex_num_match", "lex_num_conflict"],
-    "content": ["ce_score", "bienc_cos"],
-    "product_features": ["prod_price", "prod_log_price", "prod_rating", "prod_log_rating_count", "prod_title_len",
-                "prod_bullets_len", "prod_desc_len", "prod_category_depth", "prod_has_brand"],
-}
-ENGAGEMENT_METRICS = ("impr", "clicks", "atc", "purch", "ctr", "atc_rate", "purch_rate", "coec")
-VIEW_KEYS: dict[str, list[str]] = {
-    "lexical": ["query_id", "product_id"], "content": ["query_id", "product_id"], "product_features": ["product_id"],
-    "engagement_qp": ["query_id", "product_id"], "engagement_product": ["product_id"],
-    "relevance_labels": ["query_id", "product_id"],
-}
-LABEL_VIEW = "relevance_labels"
-LABEL_FIELDS = ["label_score", "label_grade", "labeler", "labeler_kind"]
-
-
-def engagement_feature_names(prefix: str, windows: list[int]) -> list[str]:
-    return [f"{prefix}_{m}_{w}d" for w in windows for m in ENGAGEMENT_METRICS]
-
-
-def view_features(windows: list[int] = (7, 28)) -> dict[str, list[str]]:
-    """Feature names of every feature view (labels excluded) for the given engagement windows."""
-    out = dict(VIEW_FEATURES)
-    out["engagement_qp"] = engagement_feature_names("eng_qp", list(windows))
-    out["engagement_product"] = engagement_feature_names("eng_p", list(windows))
-    return out
-
+# Feature names are declared once, in features/names.py (builders, serving and model configs read them too).
+from features.names import (  # noqa: E402,F401  (re-exported: store and CLI users read them from the repo)
+    ENGAGEMENT_METRICS,
+    LABEL_FIELDS,
+    LABEL_VIEW,
+    VIEW_KEYS,
+    engagement_feature_names,
+    view_features,
+)
 
 QUERY = Entity(name="query", join_keys=["query_id"], value_type=ValueType.STRING,
                description="A search query; id = stable hash of its normalized text")

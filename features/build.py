@@ -110,12 +110,3 @@ def build_features(dataset_dir: str | Path, out_dir: str | Path, cfg: FeaturesCo
             info["views"]["relevance_labels"] = n
     write_manifest(out, info)
     return info
-
-
-def write_content_features(features_dir: str | Path, ce_scores: pd.DataFrame,
-                           cfg: FeaturesConfig | None = None) -> int:
-    """Add (or replace) the content view's source after the fact, e.g. once the cross-encoder is trained."""
-    cfg = cfg or FeaturesConfig()
-    ts = pd.Timestamp(cfg.static_timestamp)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return len(write_table(content_frame(ce_scores, ts), Path(features_dir) / "content.parquet", FEATURES))

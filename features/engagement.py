@@ -21,14 +21,11 @@ import pandas as pd
 from ltr.data.engagement import smoothed_rate
 from ltr.data.schemas import FEATURES, IMPRESSIONS
 
+from .names import engagement_feature_names
+
 _DAY_NS = 86_400 * 10**9
 _BIG = 1 << 22  # > any day number since 1970 for centuries; separates keys in one sorted int64 axis
-METRICS = ("impr", "clicks", "atc", "purch", "ctr", "atc_rate", "purch_rate", "coec")
-
-
-def feature_names(prefix: str, windows: list[int]) -> list[str]:
-    """Column names, e.g. eng_qp_ctr_7d; prefix is 'eng_qp' (query-product) or 'eng_p' (product)."""
-    return [f"{prefix}_{m}_{w}d" for w in windows for m in METRICS]
+feature_names = engagement_feature_names  # e.g. eng_qp_ctr_7d; declared in features/names.py
 
 
 def _days(ts: pd.Series) -> np.ndarray:

@@ -20,12 +20,9 @@ from tqdm.auto import tqdm
 from ltr.data.plurals import fold_plural
 from ltr.data.schemas import normalize_query
 
-LEXICAL_FEATURES = (
-    "lex_bm25_title", "lex_bm25_bullets", "lex_bm25_desc",
-    "lex_cov_title", "lex_cov_all", "lex_query_len",
-    "lex_brand_exact", "lex_brand_partial", "lex_color_exact", "lex_color_partial",
-    "lex_type_exact", "lex_type_partial", "lex_num_match", "lex_num_conflict",
-)
+from .names import LEXICAL
+
+LEXICAL_FEATURES = LEXICAL  # declared in features/names.py
 
 STOPWORDS = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is",
                        "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were", "will", "with",

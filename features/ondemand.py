@@ -29,11 +29,11 @@ from tqdm.auto import tqdm
 from ltr.data.schemas import PRODUCTS, query_id
 
 from . import lexical as L
+from .names import CONTENT
 from .product import PRODUCT_FEATURES, product_features
 from .text import product_text
 
-CE_FEATURE = "ce_score"
-BIENC_FEATURE = "bienc_cos"
+CE_FEATURE, BIENC_FEATURE = CONTENT  # declared in features/names.py
 FAMILIES: dict[str, tuple[str, ...]] = {
     "lexical": tuple(L.LEXICAL_FEATURES),
     "product": tuple(PRODUCT_FEATURES),
@@ -302,18 +302,6 @@ class OnDemandFeatures:
         df = pd.DataFrame(out)
         return df[["query_id", "product_id"] + [f for f in want if f in df.columns]]
 
-    def for_query(self, query: str, product_ids: Sequence[str], features: Iterable[str] | None = None
-                  ) -> pd.DataFrame:
-        """`compute` for one query's candidates (the serving case)."""
-        return self.compute(pd.DataFrame({"query": [query] * len(product_ids), "product_id": list(product_ids)}),
-                            features)
-
-
-def compute_features(pairs: pd.DataFrame, products: pd.DataFrame, features: Iterable[str] | None = None,
-                     cross_encoder=None, bi_encoder=None, progress: bool = True) -> pd.DataFrame:
-    """One-shot `OnDemandFeatures(products, ...).compute(pairs, features)` for offline use."""
-    return OnDemandFeatures(products, cross_encoder, bi_encoder).compute(pairs, features, progress=progress)
-
 
 __all__ = [
     "BIENC_FEATURE",
@@ -323,7 +311,6 @@ __all__ = [
     "LRUCache",
     "OnDemandError",
     "OnDemandFeatures",
-    "compute_features",
     "family_of",
     "is_engagement",
 ]

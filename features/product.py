@@ -10,10 +10,9 @@ import pandas as pd
 
 from ltr.data.schemas import PRODUCTS
 
-PRODUCT_FEATURES = (
-    "prod_price", "prod_log_price", "prod_rating", "prod_log_rating_count",
-    "prod_title_len", "prod_bullets_len", "prod_desc_len", "prod_category_depth", "prod_has_brand",
-)
+from .names import PRODUCT
+
+PRODUCT_FEATURES = PRODUCT  # declared in features/names.py
 
 
 def _n_words(s: pd.Series) -> np.ndarray:

@@ -12,7 +12,6 @@ Irrelevant@k, n_queries, which features were computed / missing, and per-query v
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
@@ -27,16 +26,6 @@ from ltr.data.dataset import Dataset
 
 from .serving.assemble import FeatureAssembler
 from .serving.model import ServingError, load_ranker
-
-
-def _finite(o: Any) -> Any:
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_finite(v) for v in o]
-    return o
 
 
 def _mean(s: pd.Series) -> float:
@@ -123,7 +112,7 @@ def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Pa
              f"irrelevant@{k}": float(r[f"irrelevant@{k}"])}
             for q, r in per.iterrows()],
     }
-    result = _finite(result)
+    result = M.nan_to_none(result)
     if out_path is not None:
         out = Path(out_path)
         out.parent.mkdir(parents=True, exist_ok=True)

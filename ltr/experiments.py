@@ -16,6 +16,22 @@ Arms (group letter = the brief's item):
   e  Hopit.ai: CE fine-tuned on LLM labels (`hopit_llm_column`) vs on purchases (`hopit_purchase_column`)
 The purchase-trained CE column is an experiment-only feature: every arm except e/CE-on-purchases drops it.
 Arms whose columns are missing are skipped and listed with the reason.
+
+Significance. Mean ± std over seeds says how stable an arm is, not whether it beats the baseline on the
+queries. So every arm is also compared with the baseline arm, "engagement only" (the arm the Δ columns and
+the paper's claim compare against), by a two-sided paired t-test and a Wilcoxon signed-rank test
+(`ltr.metrics.paired_test`) on per-query NDCG@k and on the engagement metric; the table and the JSON give
+both p and n, the number of pairs.
+- Pooled over seeds: the unit is a (seed, test query) pair; both arms trained with that seed on that seed's
+  train split and were scored on that query, so pairing removes query difficulty and split luck alike.
+  Not per seed then combined: a seed's test split holds tens of queries, too few for a test of its own, and
+  combining two-sided p-values (Fisher) ignores direction, so a seed the arm wins and a seed it loses
+  would add up as evidence. Caveat: with one frame for every seed a query can fall in several seeds' test
+  splits, so pairs are not fully independent and p is somewhat optimistic. No correction for the number
+  of arms: the claim's one comparison is the pre-stated one, the rest are descriptive.
+- scipy.stats, not ranx: `ranx.compare` recomputes metrics from qrels and runs with its own gains and
+  ties, has no engagement metrics, and would pull numba, llvmlite, ir-datasets, fastparquet and seaborn
+  into the install; its "student" test is the same paired t-test as scipy's `ttest_rel` on our numbers.
 """
 from __future__ import annotations
 
@@ -27,11 +43,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import metrics as M
 from .rankers import split_frame
 from .train import evaluate_ranker, feature_columns, fit_ranker
 from .train_config import ExperimentConfig, TrainConfig, TunedParams
 
 FrameSource = pd.DataFrame | Mapping[int, pd.DataFrame] | Callable[[int], pd.DataFrame]
+#: the arm every other arm is compared with (the Δ columns, the paired tests, the paper's claim)
+BASELINE = "engagement only"
+CLAIM_ARM = "LLM labels, tuned sigmoid"
 
 
 class ExperimentError(ValueError):
@@ -58,13 +78,13 @@ def build_arms(cfg: ExperimentConfig, tuned: TunedParams, columns: set[str]) -> 
     purch = [cfg.hopit_purchase_column] if cfg.hopit_purchase_column in columns else []
     arms: list[Arm] = []
     skipped: list[dict] = []
-    eng_only = Arm("engagement only", "a", "labels from clicks/carts/purchases only", {"blend_weight": 0.0},
+    eng_only = Arm(BASELINE, "a", "labels from clicks/carts/purchases only", {"blend_weight": 0.0},
                    purch)
     if "a" in cfg.arms:
         arms += [eng_only,
                  Arm("LLM labels, no sigmoid", "a", "raw LLM score blended at the tuned weight",
                      {"alpha": None, "beta": tuned.beta, "blend_weight": tuned.blend_weight}, purch),
-                 Arm("LLM labels, tuned sigmoid", "a", f"sigma(alpha={tuned.alpha:.3g}, beta={tuned.beta:.3g}), "
+                 Arm(CLAIM_ARM, "a", f"sigma(alpha={tuned.alpha:.3g}, beta={tuned.beta:.3g}), "
                      f"blend weight {tuned.blend_weight:.3g}", dict(t), purch)]
     if "b" in cfg.arms:
         for a in cfg.alpha_grid:
@@ -133,86 +153,131 @@ def _fmt(mean: float, sd: float, digits: int = 4) -> str:
     return "n/a" if not np.isfinite(mean) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def run_experiments(frames: FrameSource, cfg: ExperimentConfig | None = None, track: bool = False,
-                    notes: list[str] | None = None) -> tuple[str, dict[str, Any]]:
-    """Train and score every arm on every seed; returns (markdown table, JSON-ready dict)."""
-    from tqdm.auto import tqdm
+def _split(frames: FrameSource, base: TrainConfig, seed: int, splits: dict, f: pd.DataFrame | None = None):
+    """(train, test) of a seed, kept in `splits` so the tuning seed's frame is built and split only once."""
+    if seed not in splits:
+        f = _frame(frames, seed) if f is None else f
+        tr, te = split_frame(f, base.columns.query_id, [1 - base.test_fraction, base.test_fraction], seed)
+        splits[seed] = (tr, te)
+    return splits[seed]
 
-    cfg = cfg or ExperimentConfig()
-    base = cfg.train
-    k, eng = f"ndcg@{base.k}", base.engagement_metric
-    irr = f"irrelevant@{base.k}"
-    first = _frame(frames, cfg.seeds[0])
-    splits: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
 
-    def split(seed: int, f: pd.DataFrame | None = None):
-        if seed not in splits:
-            f = _frame(frames, seed) if f is None else f
-            tr, te = split_frame(f, base.columns.query_id, [1 - base.test_fraction, base.test_fraction], seed)
-            splits[seed] = (tr, te)
-        return splits[seed]
-
-    split(cfg.seeds[0], first)
-    tuned, tune_info = cfg.tuned, None
+def _tuned(cfg: ExperimentConfig, train: pd.DataFrame, track: bool) -> tuple[TunedParams, dict | None]:
+    """The tuned-sigmoid arm's parameters: given, tuned on the first seed's train split, or the config's."""
+    base, tuned, tune_info = cfg.train, cfg.tuned, None
     if tuned is None and cfg.tune is not None:
         from .tuning import tune
 
-        res = tune(split(cfg.seeds[0])[0], base.model_copy(update={"seed": cfg.seeds[0]}), cfg.tune, track=track)
+        res = tune(train, base.model_copy(update={"seed": cfg.seeds[0]}), cfg.tune, track=track)
         tuned = res.tuned
         tune_info = {"operating_point": {kk: v for kk, v in res.operating_point.items()}, "n_trials": len(res.trials)}
     if tuned is None:
         tuned = TunedParams(alpha=base.target.alpha or 10.0, beta=base.target.beta,
                             blend_weight=base.target.blend_weight)
-    arms, skipped = build_arms(cfg, tuned, set(first.columns))
-    if not arms:
-        raise ExperimentError(f"no arm can run (skipped: {skipped}). Fix: select groups in `arms` the frame supports.")
+    return tuned, tune_info
 
-    cache: dict[tuple[int, str], dict[str, float]] = {}
-    per_arm: dict[str, dict[int, dict[str, float]]] = {a.name: {} for a in arms}
+
+def _run_arms(frames: FrameSource, cfg: ExperimentConfig, arms: list[Arm], splits: dict,
+              keep: tuple[str, ...]) -> tuple[dict[str, dict[int, dict]], dict[str, dict[int, pd.DataFrame]]]:
+    """Summary metrics and the per-query columns `keep` of every arm on every seed. Arms that change nothing
+    between them (same target and drops) are trained once per seed and share the result."""
+    from tqdm.auto import tqdm
+
+    cache: dict[tuple[int, str], tuple[dict[str, float], pd.DataFrame]] = {}
+    summaries: dict[str, dict[int, dict]] = {a.name: {} for a in arms}
+    per_query: dict[str, dict[int, pd.DataFrame]] = {a.name: {} for a in arms}
     with tqdm(total=len(arms) * len(cfg.seeds), desc="experiment arms") as bar:
         for seed in cfg.seeds:
-            tr, te = split(seed)
+            tr, te = _split(frames, cfg.train, seed, splits)
             for arm in arms:
                 key = (seed, arm.key())
                 if key not in cache:
-                    acfg = _arm_config(base, arm, seed)
+                    acfg = _arm_config(cfg.train, arm, seed)
                     feats = [f for f in feature_columns(tr, acfg) if f not in arm.drop_columns]
                     model = fit_ranker(tr, acfg, feats)
-                    cache[key], _ = evaluate_ranker(model, te, acfg)
-                per_arm[arm.name][seed] = cache[key]
+                    summary, pq = evaluate_ranker(model, te, acfg)
+                    cache[key] = summary, pq[[c for c in keep if c in pq.columns]]
+                summaries[arm.name][seed], per_query[arm.name][seed] = cache[key]
                 bar.update(1)
             splits.pop(seed, None)  # free memory: frames can be large
+    return summaries, per_query
 
-    def agg(vals: list[float]) -> tuple[float, float]:
-        v = np.array([x for x in vals if np.isfinite(x)])
-        if not len(v):
-            return float("nan"), float("nan")
-        return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
-    arm_rows = []
+def _agg(vals: list[float]) -> tuple[float, float]:
+    v = np.array([x for x in vals if np.isfinite(x)])
+    if not len(v):
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def _arm_rows(arms: list[Arm], summaries: dict[str, dict[int, dict]], seeds: list[int]) -> list[dict[str, Any]]:
+    rows = []
     for arm in arms:
-        runs = per_arm[arm.name]
+        runs = summaries[arm.name]
         keys = sorted({m for r in runs.values() for m in r})
         mean, sd = {}, {}
         for m in keys:
-            mean[m], sd[m] = agg([runs[s].get(m, np.nan) for s in cfg.seeds])
-        arm_rows.append({"name": arm.name, "group": arm.group, "description": arm.description,
-                         "target": arm.target, "dropped": arm.drop_columns + [p + "*" for p in arm.drop_prefixes],
-                         "mean": mean, "std": sd, "per_seed": {str(s): runs[s] for s in cfg.seeds}})
+            mean[m], sd[m] = _agg([runs[s].get(m, np.nan) for s in seeds])
+        rows.append({"name": arm.name, "group": arm.group, "description": arm.description,
+                     "target": arm.target, "dropped": arm.drop_columns + [p + "*" for p in arm.drop_prefixes],
+                     "mean": mean, "std": sd, "per_seed": {str(s): runs[s] for s in seeds}})
+    return rows
 
-    by_name = {r["name"]: r for r in arm_rows}
-    claim = None
-    if "engagement only" in by_name and "LLM labels, tuned sigmoid" in by_name:
-        b, t = by_name["engagement only"]["mean"], by_name["LLM labels, tuned sigmoid"]["mean"]
-        c_rel = t[k] / b[k] - 1 if b.get(k) else float("nan")
-        e_rel = t[eng] / b[eng] - 1 if b.get(eng) else float("nan")
-        claim = {"content_rel_gain": c_rel, "engagement_rel_change": e_rel, "content_goal": 0.05,
-                 "engagement_goal": -0.01, "met": bool(c_rel >= 0.05 and e_rel >= -0.01),
-                 "statement": "tuned LLM-label arm vs engagement-only: content NDCG@10 >= +5% relative, "
-                              "engagement no more than 1% below (means over seeds)"}
-    base_row = by_name.get("engagement only")
-    lines = [(f"| arm | group | NDCG@{base.k} (ESCI gains) | {eng} | Irrelevant@{base.k} | ΔNDCG vs eng-only | "
-             f"Δ{eng} vs eng-only |"), "|---|---|---|---|---|---|---|"]
+
+def paired_tests(per_query: Mapping[str, Mapping[int, pd.DataFrame]], metrics: tuple[str, ...],
+                 baseline: str = BASELINE) -> dict[str, dict[str, dict[str, float]]]:
+    """{arm: {metric: ltr.metrics.paired_test result}} of every arm but `baseline` against it, over
+    (seed, query) pairs pooled across seeds (see the module docstring for why pooled); {} without the
+    baseline arm. `per_query` is {arm: {seed: per-query metrics frame indexed by query id}}."""
+    if baseline not in per_query:
+        return {}
+
+    def pooled(name: str) -> pd.DataFrame:
+        return pd.concat(dict(per_query[name]), names=["seed"])
+
+    ref = pooled(baseline)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in per_query:
+        if name == baseline:
+            continue
+        arm = pooled(name)
+        out[name] = {m: M.paired_test(arm[m], ref[m]) for m in metrics if m in arm.columns and m in ref.columns}
+    return out
+
+
+def _claim(by_name: dict[str, dict], tests: dict, k: str, eng: str) -> dict[str, Any] | None:
+    if BASELINE not in by_name or CLAIM_ARM not in by_name:
+        return None
+    b, t = by_name[BASELINE]["mean"], by_name[CLAIM_ARM]["mean"]
+    c_rel = t[k] / b[k] - 1 if b.get(k) else float("nan")
+    e_rel = t[eng] / b[eng] - 1 if b.get(eng) else float("nan")
+    nan = {"p_ttest": float("nan"), "p_wilcoxon": float("nan")}
+    pc, pe = tests.get(CLAIM_ARM, {}).get(k, nan), tests.get(CLAIM_ARM, {}).get(eng, nan)
+    return {"content_rel_gain": c_rel, "engagement_rel_change": e_rel, "content_goal": 0.05,
+            "engagement_goal": -0.01, "met": bool(c_rel >= 0.05 and e_rel >= -0.01),
+            "statement": "tuned LLM-label arm vs engagement-only: content NDCG@10 >= +5% relative, "
+                         "engagement no more than 1% below (means over seeds)",
+            "content_p_ttest": pc["p_ttest"], "content_p_wilcoxon": pc["p_wilcoxon"],
+            "engagement_p_ttest": pe["p_ttest"], "engagement_p_wilcoxon": pe["p_wilcoxon"]}
+
+
+def _p(p: float) -> str:
+    return "n/a" if not np.isfinite(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _fmt_test(row: dict[str, Any], metric: str) -> str:
+    if row["name"] == BASELINE:
+        return "baseline"
+    t = (row.get("paired_test") or {}).get(metric)
+    return "n/a" if t is None else f"{_p(t['p_ttest'])} / {_p(t['p_wilcoxon'])} (n={t['n_queries']})"
+
+
+def _table(arm_rows: list[dict[str, Any]], kk: int, eng: str) -> list[str]:
+    k, irr = f"ndcg@{kk}", f"irrelevant@{kk}"
+    base_row = next((r for r in arm_rows if r["name"] == BASELINE), None)
+    lines = [(f"| arm | group | NDCG@{kk} (ESCI gains) | {eng} | Irrelevant@{kk} | ΔNDCG vs eng-only | "
+              f"Δ{eng} vs eng-only | p ΔNDCG t / W (n) | p Δ{eng} t / W (n) |"),
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in arm_rows:
         m, s = r["mean"], r["std"]
         if base_row is not None and base_row["mean"].get(k) and base_row["mean"].get(eng):
@@ -222,33 +287,75 @@ def run_experiments(frames: FrameSource, cfg: ExperimentConfig | None = None, tr
             dc = de = "n/a"
         lines.append(f"| {r['name']} | {r['group']} | {_fmt(m.get(k, np.nan), s.get(k, np.nan))} | "
                      f"{_fmt(m.get(eng, np.nan), s.get(eng, np.nan))} | {_fmt(m.get(irr, np.nan), s.get(irr, np.nan))} "
-                     f"| {dc} | {de} |")
+                     f"| {dc} | {de} | {_fmt_test(r, k)} | {_fmt_test(r, eng)} |")
+    return lines
+
+
+def _footer(cfg: ExperimentConfig, tuned: TunedParams, claim: dict | None, skipped: list[dict],
+            notes: list[str] | None) -> list[str]:
     foot = [(f"Mean ± sample std over seeds {cfg.seeds} ({len(cfg.seeds)} runs per arm); tuned sigmoid "
-            f"alpha={tuned.alpha:.3g}, beta={tuned.beta:.3g}, blend weight={tuned.blend_weight:.3g}.")]
+            f"alpha={tuned.alpha:.3g}, beta={tuned.beta:.3g}, blend weight={tuned.blend_weight:.3g}."),
+            (f"p: two-sided paired t-test / Wilcoxon signed-rank vs '{BASELINE}' over (seed, test query) pairs "
+             "pooled across seeds; n = pairs where both arms define the metric; not corrected for the number "
+             "of arms.")]
     if claim is not None:
         foot.append("Paper's claim (NDCG +5% rel., engagement >= -1%): "
                     f"content {100 * claim['content_rel_gain']:+.1f}%, "
                     f"engagement {100 * claim['engagement_rel_change']:+.1f}% -> "
                     f"{'met' if claim['met'] else 'NOT met'}.")
+        foot.append(f"Claim's paired tests (t / W): content {_p(claim['content_p_ttest'])} / "
+                    f"{_p(claim['content_p_wilcoxon'])}, engagement {_p(claim['engagement_p_ttest'])} / "
+                    f"{_p(claim['engagement_p_wilcoxon'])}.")
     for sk in skipped:
         foot.append(f"Skipped {sk.get('arm', 'group ' + sk['group'])}: {sk['reason']}.")
-    foot += list(notes or [])
-    md = "\n".join(lines) + "\n\n" + "\n".join(f"- {x}" for x in foot) + "\n"
+    return foot + list(notes or [])
+
+
+def run_experiments(frames: FrameSource, cfg: ExperimentConfig | None = None, track: bool = False,
+                    notes: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """Train and score every arm on every seed; returns (markdown table, JSON-ready dict)."""
+    cfg = cfg or ExperimentConfig()
+    base = cfg.train
+    k, eng = f"ndcg@{base.k}", base.engagement_metric
+    irr = f"irrelevant@{base.k}"
+    first = _frame(frames, cfg.seeds[0])
+    splits: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
+    tr0, _ = _split(frames, base, cfg.seeds[0], splits, first)
+    tuned, tune_info = _tuned(cfg, tr0, track)
+    arms, skipped = build_arms(cfg, tuned, set(first.columns))
+    if not arms:
+        raise ExperimentError(f"no arm can run (skipped: {skipped}). Fix: select groups in `arms` the frame supports.")
+    summaries, per_query = _run_arms(frames, cfg, arms, splits, (k, eng))
+    arm_rows = _arm_rows(arms, summaries, cfg.seeds)
+    tests = paired_tests(per_query, (k, eng))
+    for r in arm_rows:
+        r["paired_test"] = tests.get(r["name"])
+    claim = _claim({r["name"]: r for r in arm_rows}, tests, k, eng)
+    md = "\n".join(_table(arm_rows, base.k, eng)) + "\n\n" + "\n".join(
+        f"- {x}" for x in _footer(cfg, tuned, claim, skipped, notes)) + "\n"
+    significance = {"baseline": BASELINE if BASELINE in per_query else None, "unit": "(seed, test query) pair",
+                    "pooled_over_seeds": True, "tests": ["scipy.stats.ttest_rel", "scipy.stats.wilcoxon"],
+                    "alternative": "two-sided", "multiple_comparison_correction": None}
     result = {"seeds": list(cfg.seeds), "content_metric": k, "engagement_metric": eng, "irrelevant_metric": irr,
               "tuned": tuned.model_dump(), "tuning": tune_info, "arms": arm_rows, "skipped": skipped,
-              "claim": claim, "notes": list(notes or []), "config": cfg.model_dump(mode="json")}
-    result = _finite(json.loads(json.dumps(result, default=_json_default)))
+              "claim": claim, "notes": list(notes or []), "config": cfg.model_dump(mode="json"),
+              "significance": significance}
+    result = M.nan_to_none(json.loads(json.dumps(result, default=_json_default)))
     if track:
-        import mlflow
-
-        from .tracking import log_config, log_metrics
-        with mlflow.start_run(run_name="experiments"):
-            log_config(cfg, "experiment_config.json")
-            mlflow.log_text(md, "experiments.md")
-            mlflow.log_dict(result, "experiments.json")
-            for i, r in enumerate(arm_rows):
-                log_metrics({f"arm{i:02d}.{m}": v for m, v in r["mean"].items() if "/" not in m})
+        _track(cfg, md, result, arm_rows)
     return md, result
+
+
+def _track(cfg: ExperimentConfig, md: str, result: dict[str, Any], arm_rows: list[dict[str, Any]]) -> None:
+    import mlflow
+
+    from .tracking import log_config, log_metrics
+    with mlflow.start_run(run_name="experiments"):
+        log_config(cfg, "experiment_config.json")
+        mlflow.log_text(md, "experiments.md")
+        mlflow.log_dict(result, "experiments.json")
+        for i, r in enumerate(arm_rows):
+            log_metrics({f"arm{i:02d}.{m}": v for m, v in r["mean"].items() if "/" not in m})
 
 
 def _json_default(o: Any) -> Any:
@@ -257,14 +364,3 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.bool_):
         return bool(o)
     return str(o)
-
-
-def _finite(o: Any) -> Any:
-    """NaN/inf -> None so the JSON is strict (readable by any parser)."""
-    if isinstance(o, float) and not np.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_finite(v) for v in o]
-    return o

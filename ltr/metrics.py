@@ -8,8 +8,11 @@ answer into the metric.
 
 Conventions (stated once, used everywhere):
 - NDCG@k: DCG = sum gain(grade_i) / log2(i + 1) over the top k; the ideal DCG sorts all judged items of
-  the query by gain. Queries whose ideal DCG is 0 (nothing relevant to find) are left out of the mean.
-  Unjudged items (grade NaN) gain 0.
+  the query by gain. Unjudged items (grade NaN) gain 0.
+- Queries with nothing relevant (ideal DCG 0) get NaN, and every mean and paired test here skips NaN, so
+  they are left out. Why: such a query has no ranking to get right; scoring it 0 (trec_eval, scikit-learn)
+  or 1 (XGBoost's ndcg@k) would move the mean with the share of such queries, not with ranking quality.
+  Every NDCG the project reports follows it, so its figures differ from those tools on such queries only.
 - Irrelevant@k: share of grade-0 items among the *judged* items in the top k.
 - recall@k: held-out events (purchases or carts, counts) of the top-k items / all held-out events of the
   query; queries without events are left out.
@@ -17,14 +20,19 @@ Conventions (stated once, used everywhere):
   a(d) the per-pair click propensity (attractiveness).
 - atc_rate@k: share of queries with held-out add-to-carts that have at least one carted item in the top k
   (the "ATC@40" style rate: did the shopper's basket item make it onto the first pages).
+- paired tests (`paired_test`): two rankers compared on the queries both define, two-sided.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ltr.data.engagement import smoothed_rate
 from ltr.data.schemas import FrameColumns
 
 ESCI_GAINS: dict[int, float] = {3: 1.0, 2: 0.1, 1: 0.01, 0: 0.0}
@@ -178,13 +186,12 @@ def expected_clicks_per_query(qid, score, propensity, k: int = 10, eta: float = 
 
 
 def estimate_propensity(clicks, impressions, smoothing: float = 20.0) -> np.ndarray:
-    """Smoothed per-pair CTR toward the global CTR: a stand-in attractiveness when none is given."""
+    """Stand-in attractiveness when none is given: the project's smoothed CTR (shrunk toward the global
+    CTR, as features and labels shrink it), clipped to [0, 1] because a PBM needs a probability and
+    counts from a dirty log (clicks > impressions) could push the rate above 1."""
     c = np.nan_to_num(np.asarray(clicks, dtype="float64"))
     n = np.nan_to_num(np.asarray(impressions, dtype="float64"))
-    prior = c.sum() / n.sum() if n.sum() > 0 else 0.0
-    den = n + smoothing
-    rate = np.divide(c + smoothing * prior, den, out=np.zeros_like(c), where=den > 0)
-    return np.clip(rate, 0.0, 1.0)
+    return np.clip(smoothed_rate(c, n, smoothing), 0.0, 1.0)
 
 
 def query_segments(frame: pd.DataFrame, cols=None, head_quantile: float = 0.8) -> pd.Series:
@@ -288,3 +295,45 @@ def evaluate(frame: pd.DataFrame, scores, cols=None, k: int = 10,
 def default_metrics(engagement_metric: str) -> tuple[str, ...]:
     base = ("purchase_recall@10", "cart_recall@10", "expected_clicks@10", "atc_rate@40")
     return base if engagement_metric in base else base + (engagement_metric,)
+
+
+def paired_test(values: pd.Series, baseline: pd.Series) -> dict[str, float]:
+    """Two-sided paired t-test and Wilcoxon signed-rank test of per-query `values` against `baseline`,
+    over the index labels (queries, or (seed, query) pairs) where both are defined.
+
+    Why paired: queries differ in difficulty far more than two rankers differ on one query; pairing takes
+    that out. Why both tests, from scipy.stats: the t-test is about the mean difference, which is what the
+    reported means compare, and on IR metrics it agrees with the randomization test (Smucker et al., CIKM
+    2007); Wilcoxon is the check that does not lean on normality of bounded, spiky NDCG differences, but it
+    drops zero differences (queries both rank alike), so it answers a slightly different question.
+    Where every difference is 0 both p are 1 (no evidence of any difference; scipy's t statistic would be
+    0/0); with fewer than 2 pairs they are NaN.
+    """
+    both = pd.concat([values.rename("a"), baseline.rename("b")], axis=1, join="inner").dropna()
+    a, b = both["a"].to_numpy(dtype="float64"), both["b"].to_numpy(dtype="float64")
+    d = a - b
+    out = {"n_queries": len(d), "mean_diff": float(d.mean()) if len(d) else float("nan"),
+           "p_ttest": float("nan"), "p_wilcoxon": float("nan")}
+    if len(d) < 2:
+        return out
+    if not d.any():
+        return {**out, "p_ttest": 1.0, "p_wilcoxon": 1.0}
+    from scipy import stats
+
+    with warnings.catch_warnings():  # near-constant differences: scipy warns, its answer (p ~ 0) stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out["p_ttest"] = float(stats.ttest_rel(a, b).pvalue)
+        out["p_wilcoxon"] = float(stats.wilcoxon(d).pvalue)
+    return out
+
+
+def nan_to_none(o: Any) -> Any:
+    """NaN/inf -> None, through dicts and lists. Why: NaN is how a metric says "undefined here" (see the
+    rule above), and strict JSON has no NaN; null says the same and any parser reads it."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: nan_to_none(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [nan_to_none(v) for v in o]
+    return o

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -252,106 +252,129 @@ def stage_training_frame(cfg: RunConfig, paths: RunPaths, ds: Dataset, store: An
     return frame
 
 
+# --- stages 6-9: tune, train + register, experiments, evaluate ------------------------------------
+
+@dataclass
+class Run:
+    """What the stages hand each other; `summary` is what the job reports (reports/summary.json)."""
+
+    cfg: RunConfig
+    paths: RunPaths
+    summary: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, name: str, fn, *args, **kwargs):
+        t = time.time()
+        out = fn(*args, **kwargs)
+        self.timings[name] = round(time.time() - t, 1)
+        return out
+
+
+def stage_tune(cfg: RunConfig, paths: RunPaths, frame: pd.DataFrame) -> tuple[Any, pd.DataFrame, pd.DataFrame]:
+    """Optuna over α, β, blend and model parameters on the training queries; returns (result, train, test)."""
+    from ltr.rankers import split_frame
+    from ltr.tracking import frame_fingerprint, setup_tracking
+    from ltr.tuning import tune
+    setup_tracking(cfg.tracking.uri, cfg.tracking.experiment)
+    train_cfg = cfg.train.model_copy(update={"seed": cfg.seed})
+    # one study per training frame: re-running the same job resumes it, a changed frame starts a new one
+    tune_cfg = cfg.tune.model_copy(update={"study_name": f"{cfg.tune.study_name}-{frame_fingerprint(frame)[:10]}"})
+    _log(f"stage tune: Optuna study '{tune_cfg.study_name}' ({tune_cfg.n_trials} trials)")
+    train_part, test_part = split_frame(frame, "query_id", [1 - train_cfg.test_fraction, train_cfg.test_fraction],
+                                        cfg.seed)
+    tres = tune(train_part, train_cfg, tune_cfg, track=cfg.tracking.enabled, out_dir=paths.reports)
+    return tres, train_part, test_part
+
+
+def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, test_part: pd.DataFrame,
+                         extra_params: dict[str, str]) -> dict[str, Any]:
+    """The champion candidate at the operating point, evaluated on held-out queries, logged and registered."""
+    from ltr.tracking import log_training_run, register_model
+    from ltr.train import train_and_evaluate
+    op = tres.tuned
+    _log(f"stage train: XGBoost LambdaMART at the operating point alpha={op.alpha:.3g} beta={op.beta:.3g} "
+         f"blend={op.blend_weight:.3g}")
+    res = train_and_evaluate(train_part, tres.best_config, test_frame=test_part)
+    run_id, model_uri = log_training_run(res, run_name="champion-candidate", label_source=cfg.labels.backend,
+                                         extra_params=extra_params)
+    version = register_model(model_uri, cfg.tracking.model_name) if model_uri else None
+    return {"operating_point": op.model_dump(), "test_metrics": res.metrics,
+            "model_uri": f"models:/{cfg.tracking.model_name}@champion", "model_version": version,
+            "mlflow_run_id": run_id}
+
+
+def stage_experiments(cfg: RunConfig, paths: RunPaths, frame: pd.DataFrame, tuned: Any, ds: Dataset,
+                      ds_dir: Path) -> dict[str, Any]:
+    """The paper's arms over seeds at the tuned operating point: reports/experiments.md|json."""
+    from ltr.experiments import run_experiments
+    ecfg = cfg.experiments.model_copy(update={"tuned": tuned})
+    md, result = run_experiments(lambda _seed: frame, ecfg, track=cfg.tracking.enabled,
+                                 notes=[f"dataset: {ds_dir} (engagement "
+                                        f"{'simulated' if ds.engagement_simulated else 'logged'})"])
+    (paths.reports / "experiments.md").write_text(md)
+    (paths.reports / "experiments.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(md)
+    return result
+
+
+def stage_evaluate(cfg: RunConfig, paths: RunPaths, model_uri: str) -> dict[str, Any] | None:
+    """The champion on a judged dataset it never saw (engagement features absent), when one is there."""
+    esci = cfg.evaluate.esci_dir or default_esci_dir()
+    if esci is None or not Path(esci).exists() or not cfg.tracking.enabled:
+        return None
+    from ltr.evaluate import evaluate_dataset
+    _log(f"stage evaluate: champion on {esci} (never seen in training; engagement features absent)")
+    ev = evaluate_dataset(esci, model_uri, paths.reports / "evaluate_esci.json", ce_path=paths.ce / "llm_fold0")
+    return {k: v for k, v in ev.items() if not isinstance(v, (dict, list))}
+
+
+def stage_content(cfg: RunConfig, paths: RunPaths, ds: Dataset, cutoff: pd.Timestamp, with_purchase_ce: bool
+                  ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """Content features (bi-encoder cosine, cross-fitted cross-encoder) and the experiment-only purchase CE."""
+    labels = pd.read_parquet(paths.labels)
+    content = bi_encoder_scores(ds, paths)
+    ce = stage_cross_encoder(cfg, paths, ds, labels[["query_id", "product_id", "score"]], "llm")
+    content = content.merge(ce, on=["query_id", "product_id"], how="left")
+    extra = [stage_cross_encoder(cfg, paths, ds, purchase_targets(ds, cutoff), "purchase")] if with_purchase_ce else []
+    return content, extra
+
+
 # --- the whole job ---------------------------------------------------------------------------------
 
 def run_all(cfg: RunConfig, out: str | Path, skip_experiments: bool = False) -> dict[str, Any]:
     """Run the main job end to end; returns a summary and writes reports under OUT/reports."""
-    from ltr.experiments import run_experiments
-    from ltr.tracking import log_training_run, register_model, setup_tracking
-    from ltr.train import train_and_evaluate
-    from ltr.tuning import tune
-
     t0 = time.time()
-    paths = RunPaths(Path(out))
+    run = Run(cfg, RunPaths(Path(out)))
+    paths = run.paths
     paths.reports.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    def tick(name: str, t: float) -> None:
-        timings[name] = round(time.time() - t, 1)
-
-    t = time.time()
-    ds_dir = stage_dataset(cfg, paths)
+    ds_dir = run.timed("dataset", stage_dataset, cfg, paths)
     ds = Dataset.load(ds_dir)
-    tick("dataset", t)
-    t = time.time()
-    label_summary = stage_labels(cfg, paths, ds_dir)
-    tick("labels", t)
-    labels = pd.read_parquet(paths.labels)
+    label_summary = run.timed("labels", stage_labels, cfg, paths, ds_dir)
     cutoff = engagement_cutoff(ds.impressions, cfg.train_window.label_days)
-
-    t = time.time()
-    content = bi_encoder_scores(ds, paths)
-    ce = stage_cross_encoder(cfg, paths, ds, labels[["query_id", "product_id", "score"]], "llm")
-    content = content.merge(ce, on=["query_id", "product_id"], how="left")
-    extra = []
-    if "e" in cfg.experiments.arms and not skip_experiments:
-        extra.append(stage_cross_encoder(cfg, paths, ds, purchase_targets(ds, cutoff), "purchase"))
-    tick("cross_encoder", t)
-
-    t = time.time()
-    store = stage_features(cfg, paths, ds_dir, content)
-    tick("features", t)
-    t = time.time()
-    frame = stage_training_frame(cfg, paths, ds, store, cutoff, extra=extra)
+    content, extra = run.timed("cross_encoder", stage_content, cfg, paths, ds, cutoff,
+                               "e" in cfg.experiments.arms and not skip_experiments)
+    store = run.timed("features", stage_features, cfg, paths, ds_dir, content)
+    frame = run.timed("training_frame", stage_training_frame, cfg, paths, ds, store, cutoff, extra=extra)
     # the Hopit.ai column is an experiment arm, never a feature of the production model
     prod_frame = frame.drop(columns=[c for c in frame.columns if c.startswith("ce_purchase")])
-    tick("training_frame", t)
-
-    setup_tracking(cfg.tracking.uri, cfg.tracking.experiment)
-    train_cfg = cfg.train.model_copy(update={"seed": cfg.seed})
-    t = time.time()
-    from ltr.tracking import frame_fingerprint
-    # one study per training frame: re-running the same job resumes it, a changed frame starts a new one
-    tune_cfg = cfg.tune.model_copy(update={"study_name": f"{cfg.tune.study_name}-{frame_fingerprint(prod_frame)[:10]}"})
-    _log(f"stage tune: Optuna study '{tune_cfg.study_name}' ({tune_cfg.n_trials} trials)")
-    from ltr.rankers import split_frame
-    train_part, test_part = split_frame(prod_frame, "query_id", [1 - train_cfg.test_fraction,
-                                                                 train_cfg.test_fraction], cfg.seed)
-    tres = tune(train_part, train_cfg, tune_cfg, track=cfg.tracking.enabled, out_dir=paths.reports)
-    tick("tune", t)
-    op = tres.tuned
-    chosen = tres.best_config  # α, β, blend weight and model parameters of the chosen operating point
-    t = time.time()
-    _log(f"stage train: XGBoost LambdaMART at the operating point alpha={op.alpha:.3g} beta={op.beta:.3g} "
-         f"blend={op.blend_weight:.3g}")
-    res = train_and_evaluate(train_part, chosen, test_frame=test_part)
-    run_id, model_uri = log_training_run(res, run_name="champion-candidate", label_source=cfg.labels.backend,
-                                         extra_params={"dataset": str(ds_dir), "cutoff": str(cutoff)})
-    version = register_model(model_uri, cfg.tracking.model_name) if model_uri else None
-    tick("train_register", t)
-    summary: dict[str, Any] = {"run_dir": str(paths.root), "dataset": str(ds_dir), "cutoff": str(cutoff),
-                               "engagement_simulated": ds.engagement_simulated,
-                               "labels": label_summary.get("calibration", {}),
-                               "operating_point": op.model_dump(), "test_metrics": res.metrics,
-                               "model_uri": f"models:/{cfg.tracking.model_name}@champion",
-                               "model_version": version, "mlflow_run_id": run_id}
-    (paths.reports / "train_metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-
+    tres, train_part, test_part = run.timed("tune", stage_tune, cfg, paths, prod_frame)
+    run.summary = {"run_dir": str(paths.root), "dataset": str(ds_dir), "cutoff": str(cutoff),
+                   "engagement_simulated": ds.engagement_simulated, "labels": label_summary.get("calibration", {})}
+    run.summary.update(run.timed("train_register", stage_train_register, cfg, tres, train_part, test_part,
+                                 {"dataset": str(ds_dir), "cutoff": str(cutoff)}))
+    (paths.reports / "train_metrics.json").write_text(json.dumps(run.summary, indent=2, default=str) + "\n")
     if not skip_experiments:
-        t = time.time()
-        ecfg = cfg.experiments.model_copy(update={"tuned": op})
-        md, result = run_experiments(lambda _seed: frame, ecfg, track=cfg.tracking.enabled,
-                                     notes=[f"dataset: {ds_dir} (engagement "
-                                            f"{'simulated' if ds.engagement_simulated else 'logged'})"])
-        (paths.reports / "experiments.md").write_text(md)
-        (paths.reports / "experiments.json").write_text(json.dumps(result, indent=2) + "\n")
-        summary["experiments_claim"] = result.get("claim")
-        tick("experiments", t)
-        print(md)
-
-    esci = cfg.evaluate.esci_dir or default_esci_dir()
-    if esci is not None and Path(esci).exists() and cfg.tracking.enabled:
-        t = time.time()
-        from ltr.evaluate import evaluate_dataset
-        _log(f"stage evaluate: champion on {esci} (never seen in training; engagement features absent)")
-        ev = evaluate_dataset(esci, summary["model_uri"], paths.reports / "evaluate_esci.json",
-                              ce_path=paths.ce / "llm_fold0")
-        summary["evaluate_esci"] = {k: v for k, v in ev.items() if not isinstance(v, (dict, list))}
-        tick("evaluate", t)
-    summary["timings_s"] = timings
-    summary["total_s"] = round(time.time() - t0, 1)
-    (paths.reports / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return summary
+        result = run.timed("experiments", stage_experiments, cfg, paths, frame, tres.tuned, ds, ds_dir)
+        run.summary["experiments_claim"] = result.get("claim")
+    ev = run.timed("evaluate", stage_evaluate, cfg, paths, run.summary["model_uri"])
+    if ev is None:
+        run.timings.pop("evaluate")
+    else:
+        run.summary["evaluate_esci"] = ev
+    run.summary["timings_s"] = run.timings
+    run.summary["total_s"] = round(time.time() - t0, 1)
+    (paths.reports / "summary.json").write_text(json.dumps(run.summary, indent=2, default=str) + "\n")
+    return run.summary
 
 
 def default_esci_dir() -> Path | None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from features import names
 from features.config import FeaturesConfig
 from features.crossencoder import CrossEncoderConfig
 from labels.config import LabelConfig
@@ -54,3 +55,16 @@ class RunConfig(StrictConfig):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     train_window: WindowConfig = Field(default_factory=WindowConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _one_train_section(self) -> RunConfig:
+        """`train.features` must name what the Feast repo declares; the experiments train like the main
+        model unless the config gives them a `train` section of their own."""
+        if self.train.features is not None:
+            try:
+                names.resolve(self.train.features, self.features.windows_days, key="train.features")
+            except ValueError as e:
+                raise ValueError(str(e)) from None
+        if "train" not in self.experiments.model_fields_set:
+            self.experiments = self.experiments.model_copy(update={"train": self.train})
+        return self

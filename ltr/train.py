@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from features.names import FAMILY_ALIASES, select, view_features
+
 from . import metrics as M
 from .rankers import RankerError, make_ranker, split_frame
 from .targets import make_labels
@@ -19,14 +21,16 @@ from .train_config import TrainConfig
 
 
 def feature_columns(frame: pd.DataFrame, cfg: TrainConfig | None = None) -> list[str]:
-    """The model's feature list: cfg.features, or every numeric non-reserved column; minus excluded prefixes."""
+    """The model's feature list, in frame order: what cfg.features names (features and Feast feature
+    families, see features.names), or every numeric non-reserved column; minus excluded prefixes."""
     cfg = cfg or TrainConfig()
     if cfg.features is not None:
-        missing = [f for f in cfg.features if f not in frame.columns]
+        families = set(view_features()) | set(FAMILY_ALIASES)
+        missing = [f for f in cfg.features if f not in frame.columns and f not in families]
         if missing:
             raise RankerError(f"features {missing} are not in the training frame. Fix: add them to the frame "
                               "(Feast feature service) or remove them from `features`.")
-        feats = list(cfg.features)
+        feats = select(cfg.features, frame.columns)
     else:
         reserved = set(cfg.columns.reserved())
         feats = [c for c in frame.columns if c not in reserved and pd.api.types.is_numeric_dtype(frame[c])

@@ -66,14 +66,6 @@ class LabelResult:
 OnResult = Callable[[Pair, LabelResult], None]
 
 
-def normalize_probs(p: Sequence[float]) -> tuple[float, float, float, float]:
-    a = np.asarray(p, dtype=float)
-    if a.shape != (4,) or not np.all(np.isfinite(a)) or (a < 0).any() or a.sum() <= 0:
-        raise LabelerError(f"invalid grade distribution {list(a)}: need 4 finite non-negative numbers")
-    a = a / a.sum()
-    return tuple(float(x) for x in a)  # type: ignore[return-value]
-
-
 class Backend(ABC):
     """Grades pairs. `name`, `model` and `prompt_version` are provenance and part of the cache key."""
 

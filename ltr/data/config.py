@@ -43,6 +43,8 @@ def format_validation_error(err: ValidationError, model: type[BaseModel], source
     loc = tuple(p for p in e["loc"])
     key = ".".join(str(p) for p in loc) or "<root>"
     more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    if not loc:  # a check across sections: its message already names the keys and the fix
+        return f"{source}: {e['msg'].removeprefix('Value error, ')}{more}"
     if e["type"] == "extra_forbidden":
         known = _known_keys(model, loc)
         hint = f" Known keys here: {', '.join(known)}." if known else ""
