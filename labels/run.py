@@ -104,13 +104,61 @@ def _labels_frame(pairs: list[Pair], results, created: pd.Timestamp) -> pd.DataF
     return df.sort_values(["query_id", "product_id"]).reset_index(drop=True)
 
 
+def _import_only(ds: Dataset, out_path: Path, cfg: LabelConfig, summary: dict[str, Any], t0: float) -> dict:
+    """Imported judgments need no grading: keep those of the dataset's candidate pairs."""
+    from .backends.imported import import_labels
+    assert cfg.imported is not None
+    lab = import_labels(cfg.imported.path, cfg.imported.format)
+    lab = lab.merge(ds.candidates[["query_id", "product_id"]], on=["query_id", "product_id"], how="inner")
+    valid = write_table(lab, out_path, LABELS)
+    summary.update(n_pairs=len(ds.candidates), n_labelled=len(valid), seconds=round(time.perf_counter() - t0, 2))
+    return summary
+
+
+def _grade_all(backend: Backend, pairs: list[Pair], cache: LabelCache, meter: CostMeter, cascade: bool,
+               progress: bool, summary: dict[str, Any]) -> tuple[list, int | None, int | None]:
+    """(results aligned with pairs, from cache, graded now); a failure says how much is safe in the cache."""
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(pairs), disable=not progress, desc=f"label [{backend.name}]", unit="pair")
+
+    def on_new(pair: Pair, r) -> None:
+        bar.update(1)
+        bar.set_postfix_str(meter.postfix(), refresh=False)
+
+    try:
+        if cascade:  # tiers cache themselves
+            done = {(r.query_id, r.product_id): r for r in backend.grade(pairs, on_result=on_new)}
+            summary["tiers"] = backend.stats  # type: ignore[attr-defined]
+            return [done.get((p.query_id, p.product_id)) for p in pairs], None, None
+        results, n_cached, n_new = grade_with_cache(backend, pairs, cache, on_new=on_new)
+        bar.update(n_cached)
+        return results, n_cached, n_new
+    except LabelerError as e:
+        raise LabelerError(f"{e} ({cache.count()} graded pairs are safe in {cache.path}; re-run to resume)") from e
+    finally:
+        bar.close()
+
+
+def _calibration(valid: pd.DataFrame, ds: Dataset, held: set[str] | None, out_path: Path) -> dict[str, Any]:
+    """Agreement with the human judgments, on held-out queries when the grader was fitted on the rest."""
+    jud, scope = ds.judgments, "all judged pairs"
+    if held is not None:
+        jud = jud[jud["query_id"].isin(held)]
+        scope = f"held-out queries only ({len(held)}); the grader was fitted on the others"
+    try:
+        rep = calibrate(valid, jud, out_dir=out_path.parent, name=out_path.stem + ".calibration")
+    except ValueError as e:
+        return {"skipped": str(e)}
+    rep["scope"] = scope
+    return {k: rep[k] for k in ("n_pairs", "accuracy", "kappa_quadratic", "spearman", "scope")}
+
+
 def label_pairs(dataset_dir: str | Path, out_path: str | Path, cfg: LabelConfig | None = None,
                 progress: bool = True) -> dict:
     """Grade every candidate pair of the dataset at `dataset_dir`; write LABELS to `out_path` (parquet).
 
     Returns a summary: pairs, graded now / from cache / not graded (budget), tokens and dollars spent
     this run, cascade tier counts, and a calibration report on the judged pairs."""
-    from tqdm.auto import tqdm
     cfg = cfg or LabelConfig()
     t0 = time.perf_counter()
     out_path = Path(out_path)
@@ -120,13 +168,7 @@ def label_pairs(dataset_dir: str | Path, out_path: str | Path, cfg: LabelConfig 
     summary: dict[str, Any] = {"dataset": str(dataset_dir), "out": str(out_path), "backend": cfg.backend,
                                "prompt_version": cfg.prompt_version}
     if cfg.backend == "imported":
-        from .backends.imported import import_labels
-        assert cfg.imported is not None
-        lab = import_labels(cfg.imported.path, cfg.imported.format)
-        lab = lab.merge(ds.candidates[["query_id", "product_id"]], on=["query_id", "product_id"], how="inner")
-        valid = write_table(lab, out_path, LABELS)
-        summary.update(n_pairs=len(ds.candidates), n_labelled=len(valid), seconds=round(time.perf_counter() - t0, 2))
-        return summary
+        return _import_only(ds, out_path, cfg, summary, t0)
     pairs = build_pairs(ds)
     held: set[str] | None = None
     grader_dir = None
@@ -139,49 +181,17 @@ def label_pairs(dataset_dir: str | Path, out_path: str | Path, cfg: LabelConfig 
     try:
         backend = make_backend(cfg, meter, cache, grader_dir)
         summary["model"] = backend.model
-        bar = tqdm(total=len(pairs), disable=not progress, desc=f"label [{backend.name}]", unit="pair")
-
-        def on_new(pair: Pair, r) -> None:
-            bar.update(1)
-            bar.set_postfix_str(meter.postfix(), refresh=False)
-
-        try:
-            if cfg.backend == "cascade":  # tiers cache themselves
-                results = [None] * len(pairs)
-                done = {(r.query_id, r.product_id): r for r in backend.grade(pairs, on_result=on_new)}
-                results = [done.get((p.query_id, p.product_id)) for p in pairs]
-                n_cached = n_new = None
-                summary["tiers"] = backend.stats  # type: ignore[attr-defined]
-            else:
-                results, n_cached, n_new = grade_with_cache(backend, pairs, cache, on_new=on_new)
-                bar.update(n_cached)
-        except LabelerError as e:
-            raise LabelerError(f"{e} ({cache.count()} graded pairs are safe in {cache.path}; re-run to resume)") from e
-        finally:
-            bar.close()
-        created = pd.Timestamp.now(tz="UTC").floor("s")
-        lab = _labels_frame(pairs, results, created)
-        valid = write_table(lab, out_path, LABELS)
+        results, n_cached, n_new = _grade_all(backend, pairs, cache, meter, cfg.backend == "cascade", progress,
+                                              summary)
+        valid = write_table(_labels_frame(pairs, results, pd.Timestamp.now(tz="UTC").floor("s")), out_path, LABELS)
     finally:
         cache.close()
-    n_missing = sum(r is None for r in results)
-    summary.update(n_pairs=len(pairs), n_labelled=len(valid), n_not_graded=n_missing,
+    summary.update(n_pairs=len(pairs), n_labelled=len(valid), n_not_graded=sum(r is None for r in results),
                    n_from_cache=n_cached, n_graded_now=n_new, stopped_reason=getattr(backend, "stopped_reason", None),
                    cost_this_run=meter.summary(), label_cost_total=float(valid["cost"].sum()),
                    seconds=round(time.perf_counter() - t0, 2))
     if cfg.calibrate and len(valid):
-        jud = ds.judgments
-        scope = "all judged pairs"
-        if held is not None:
-            jud = jud[jud["query_id"].isin(held)]
-            scope = f"held-out queries only ({len(held)}); the grader was fitted on the others"
-        try:
-            rep = calibrate(valid, jud, out_dir=out_dir, name=out_path.stem + ".calibration")
-            rep["scope"] = scope
-            summary["calibration"] = {k: rep[k] for k in ("n_pairs", "accuracy", "kappa_quadratic", "spearman",
-                                                          "scope")}
-        except ValueError as e:
-            summary["calibration"] = {"skipped": str(e)}
+        summary["calibration"] = _calibration(valid, ds, held, out_path)
     (out_dir / f"{out_path.stem}.summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 

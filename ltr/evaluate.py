@@ -32,6 +32,64 @@ def _mean(s: pd.Series) -> float:
     return float(s.mean()) if s.notna().any() else float("nan")
 
 
+def _judged_pairs(dataset_dir: str | Path, k: int, max_queries: int | None) -> tuple[Dataset, pd.DataFrame]:
+    """The dataset and its judgments in a stable order (optionally the first `max_queries` query ids)."""
+    if not isinstance(k, int) or k < 1:
+        raise ServingError(f"k must be a positive int, got {k!r}. Fix: e.g. k=10.")
+    if max_queries is not None and (not isinstance(max_queries, int) or max_queries < 1):
+        raise ServingError(f"max_queries must be a positive int or None, got {max_queries!r}.")
+    ds = Dataset.load(dataset_dir)
+    j = ds.judgments.sort_values(["query_id", "product_id"], kind="stable").reset_index(drop=True)
+    if j.empty:
+        raise ServingError(f"{dataset_dir}: judgments.parquet has no rows. Fix: evaluate on a judged dataset.")
+    if max_queries is not None:
+        keep = sorted(j["query_id"].unique())[:max_queries]
+        j = j[j["query_id"].isin(keep)].reset_index(drop=True)
+    return ds, j
+
+
+def _assembler(ds: Dataset, lm, bi_encoder, features_dir, on_missing: str, where: str
+               ) -> tuple[FeatureAssembler, list[str], Any]:
+    """Features for the model: online store values where given, else computed; engagement may be absent."""
+    store = None
+    if features_dir is not None:
+        from features.store import LtrStore
+        store = LtrStore(features_dir)
+    ondemand = OnDemandFeatures(ds.products, cross_encoder=lm.cross_encoder, bi_encoder=bi_encoder)
+    asm = FeatureAssembler(lm.features, ondemand, store, on_missing="nan")
+    unexpected = [f for f in asm.missing if not is_engagement(f)]  # absent engagement is the normal case
+    if unexpected and on_missing == "error":
+        raise ServingError(f"model feature(s) {unexpected} cannot be computed for {where}. Fix: pass "
+                           "cross_encoder=DIR for ce_score, bi_encoder='default' for bienc_cos, or "
+                           "on_missing='nan' to score with them missing.")
+    if unexpected:
+        warnings.warn(f"evaluate: model feature(s) {unexpected} cannot be computed here and are NaN "
+                      "(ce_score needs the model's cross-encoder, bienc_cos a bi-encoder).", stacklevel=3)
+    return asm, unexpected, store
+
+
+def _per_query(j: pd.DataFrame, scores, k: int) -> pd.DataFrame:
+    qid, pid, grade = j["query_id"].to_numpy(), j["product_id"].to_numpy(), j["grade"].to_numpy(float)
+    per = pd.DataFrame({
+        f"ndcg@{k}": M.ndcg_per_query(qid, scores, grade, k, "esci", pid),
+        f"ndcg_exp@{k}": M.ndcg_per_query(qid, scores, grade, k, "exp", pid),
+        f"irrelevant@{k}": M.irrelevant_per_query(qid, scores, grade, k, pid),
+    })
+    g = j.groupby("query_id", sort=True)
+    per["query"] = g["query"].first()
+    per["n_judged"] = g.size()
+    per["n_relevant"] = g["grade"].apply(lambda s: int((s > 0).sum()))
+    return per
+
+
+def _write_json(result: dict[str, Any], out_path: str | Path) -> None:
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, out)  # a reader never sees half a report
+
+
 def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Path | None = None, *,
                      k: int = 10, cross_encoder: str | Path | None = None, bi_encoder: str | Path | None = "default",
                      features_dir: str | Path | None = None, tracking_uri: str | None = None,
@@ -49,46 +107,13 @@ def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Pa
             raise ServingError("pass the cross-encoder once: cross_encoder and ce_path differ.")
         cross_encoder = ce_path
     t0 = time.perf_counter()
-    if not isinstance(k, int) or k < 1:
-        raise ServingError(f"k must be a positive int, got {k!r}. Fix: e.g. k=10.")
-    if max_queries is not None and (not isinstance(max_queries, int) or max_queries < 1):
-        raise ServingError(f"max_queries must be a positive int or None, got {max_queries!r}.")
-    ds = Dataset.load(dataset_dir)
-    j = ds.judgments.sort_values(["query_id", "product_id"], kind="stable").reset_index(drop=True)
-    if j.empty:
-        raise ServingError(f"{dataset_dir}: judgments.parquet has no rows. Fix: evaluate on a judged dataset.")
-    if max_queries is not None:
-        keep = sorted(j["query_id"].unique())[:max_queries]
-        j = j[j["query_id"].isin(keep)].reset_index(drop=True)
+    ds, j = _judged_pairs(dataset_dir, k, max_queries)
     lm = load_ranker(model_uri, cross_encoder=cross_encoder, tracking_uri=tracking_uri)
-    store = None
-    if features_dir is not None:
-        from features.store import LtrStore
-        store = LtrStore(features_dir)
-    ondemand = OnDemandFeatures(ds.products, cross_encoder=lm.cross_encoder, bi_encoder=bi_encoder)
-    asm = FeatureAssembler(lm.features, ondemand, store, on_missing="nan")
-    unexpected = [f for f in asm.missing if not is_engagement(f)]  # absent engagement is the normal case
-    if unexpected and on_missing == "error":
-        raise ServingError(f"model feature(s) {unexpected} cannot be computed for {dataset_dir}. Fix: pass "
-                           "cross_encoder=DIR for ce_score, bi_encoder='default' for bienc_cos, or "
-                           "on_missing='nan' to score with them missing.")
-    if unexpected:
-        warnings.warn(f"evaluate: model feature(s) {unexpected} cannot be computed here and are NaN "
-                      "(ce_score needs the model's cross-encoder, bienc_cos a bi-encoder).", stacklevel=2)
+    asm, unexpected, store = _assembler(ds, lm, bi_encoder, features_dir, on_missing, str(dataset_dir))
     t_feat = time.perf_counter()
     X = asm.frame_pairs(j[["query", "product_id"]], progress=progress)
     t_score = time.perf_counter()
-    scores = lm.ranker.predict(X, missing="nan")
-    qid, pid, grade = j["query_id"].to_numpy(), j["product_id"].to_numpy(), j["grade"].to_numpy(float)
-    per = pd.DataFrame({
-        f"ndcg@{k}": M.ndcg_per_query(qid, scores, grade, k, "esci", pid),
-        f"ndcg_exp@{k}": M.ndcg_per_query(qid, scores, grade, k, "exp", pid),
-        f"irrelevant@{k}": M.irrelevant_per_query(qid, scores, grade, k, pid),
-    })
-    g = j.groupby("query_id", sort=True)
-    per["query"] = g["query"].first()
-    per["n_judged"] = g.size()
-    per["n_relevant"] = g["grade"].apply(lambda s: int((s > 0).sum()))
+    per = _per_query(j, lm.ranker.predict(X, missing="nan"), k)
     result: dict[str, Any] = {
         "dataset": str(Path(dataset_dir).resolve()),
         "model": lm.describe(),
@@ -114,11 +139,7 @@ def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Pa
     }
     result = M.nan_to_none(result)
     if out_path is not None:
-        out = Path(out_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, out)
+        _write_json(result, out_path)
     return result
 
 

@@ -42,14 +42,13 @@ def feature_columns(frame: pd.DataFrame, cfg: TrainConfig | None = None) -> list
 
 
 def ranker_from_config(cfg: TrainConfig, ndcg_exp_gain: bool = False):
-    m = cfg.model
-    common = {"n_estimators": m.n_estimators, "learning_rate": m.learning_rate, "max_depth": m.max_depth,
-              "min_child_weight": m.min_child_weight, "subsample": m.subsample, "colsample_bytree": m.colsample_bytree,
-              "reg_lambda": m.reg_lambda, "eval_at": m.eval_at, "early_stopping_rounds": m.early_stopping_rounds,
-              "validation_fraction": m.validation_fraction, "n_jobs": m.n_jobs, "random_state": cfg.seed}
-    if m.kind == "xgboost":
-        return make_ranker("xgboost", max_bin=m.max_bin, ndcg_exp_gain=ndcg_exp_gain, **common)
-    return make_ranker("lightgbm", max_bin=min(m.max_bin, 255), n_buckets=cfg.target.n_buckets, **common)
+    """The ranker `cfg.model` describes: ModelConfig's fields are the rankers' own parameter names, so
+    they pass through as they are (LightGBM bins at most 255 and buckets continuous labels)."""
+    params = cfg.model.model_dump(exclude={"kind"}) | {"random_state": cfg.seed}
+    if cfg.model.kind == "xgboost":
+        return make_ranker("xgboost", ndcg_exp_gain=ndcg_exp_gain, **params)
+    return make_ranker("lightgbm", **(params | {"max_bin": min(cfg.model.max_bin, 255),
+                                                "n_buckets": cfg.target.n_buckets}))
 
 
 def fit_ranker(frame: pd.DataFrame, cfg: TrainConfig | None = None, features: list[str] | None = None):

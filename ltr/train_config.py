@@ -49,7 +49,8 @@ class TargetConfig(StrictConfig):
 
 
 class ModelConfig(StrictConfig):
-    """LambdaMART hyper-parameters shared by the XGBoost ranker and the LightGBM baseline."""
+    """LambdaMART hyper-parameters shared by the XGBoost ranker and the LightGBM baseline; each field is the
+    rankers' parameter of the same name (ltr.rankers), so a config key reaches the estimator as it is."""
 
     kind: Literal["xgboost", "lightgbm"] = "xgboost"
     n_estimators: int = Field(300, ge=1)

@@ -380,27 +380,9 @@ def _noisy_judgments(truth: pd.DataFrame, queries: pd.DataFrame, cfg: WorldConfi
                          "esci_label": [GRADE_LABEL[int(x)] for x in noisy]})
 
 
-def generate_world(out_dir: str | Path, seed: int = 7, cfg: WorldConfig | None = None,
-                   progress: bool = True) -> dict[str, Any]:
-    """Write the built-in world to `out_dir` and return a summary (also stored in metadata.json).
-
-    Tables: products, queries, candidates, truth (evaluation only), judgments (noisy ~10% subset),
-    impressions (simulated engagement). Same seed and config -> byte-identical parquet files.
-    """
-    cfg = cfg or WorldConfig()
-    if not isinstance(cfg, WorldConfig):
-        raise TypeError(f"cfg must be a WorldConfig, got {type(cfg).__name__}. Fix: WorldConfig(**your_dict).")
-    t0 = time.perf_counter()
-    out = Path(out_dir)
-    rng = np.random.default_rng(seed)
-    steps = tqdm(total=6, desc="world", disable=not progress)
-    products = _make_products(cfg, rng)
-    steps.update()
-    queries = _make_queries(cfg, products, rng)
-    steps.update()
-    cand = _make_candidates(cfg, products, queries, rng, progress)
-    steps.update()
-    # retrieval score: lexical overlap plus a noisy semantic signal (the retriever is decent, not an oracle)
+def _rank_candidates(cand: pd.DataFrame, products: pd.DataFrame, queries: pd.DataFrame,
+                     rng: np.random.Generator) -> pd.DataFrame:
+    """The first-stage retriever's order: lexical overlap plus a noisy semantic signal (decent, no oracle)."""
     pidx = cand["pidx"].to_numpy()
     ptext = (products["title"] + " " + products["brand"].fillna("")).to_numpy()
     qtext = queries.set_index("query_id")["query"]
@@ -416,21 +398,23 @@ def generate_world(out_dir: str | Path, seed: int = 7, cfg: WorldConfig | None =
     cand = cand.sort_values(["query_id", "retrieval_score", "product_id"], ascending=[True, False, True],
                             kind="stable").reset_index(drop=True)
     cand["retrieval_rank"] = cand.groupby("query_id", sort=False).cumcount() + 1
-    truth = cand[["query_id", "product_id", "grade"]]
-    judgments = _noisy_judgments(truth, queries, cfg, rng)
-    steps.update()
+    return cand
+
+
+def _simulate_logs(cand: pd.DataFrame, products: pd.DataFrame, queries: pd.DataFrame, cfg: WorldConfig,
+                   rng: np.random.Generator, progress: bool) -> pd.DataFrame:
+    """Sessions per query in proportion to its volume, shown by the baseline ranker, clicked by the PBM."""
     for col in ("popularity", "price", "discount"):
         cand[col] = products[col].to_numpy()[cand["pidx"].to_numpy()]
     cand["baseline_score"] = baseline_scores(cand)
     vol = queries.set_index("query_id")["volume"]
     share = vol / vol.sum()
     sessions = {q: max(2, round(s * cfg.sessions)) for q, s in share.items()}
-    cm = ClickModel(**cfg.click_model)
-    imps = simulate_sessions(cand, sessions, rng, click_model=cm, days=cfg.days, depth=cfg.depth,
-                             ranker_noise=cfg.ranker_noise, progress=progress)
-    steps.update()
-    report = engagement_report(imps, truth, min_impressions=cfg.min_impressions)
+    return simulate_sessions(cand, sessions, rng, click_model=ClickModel(**cfg.click_model), days=cfg.days,
+                             depth=cfg.depth, ranker_noise=cfg.ranker_noise, progress=progress)
 
+
+def _write_tables(out: Path, products, queries, cand, truth, judgments, imps) -> None:
     out.mkdir(parents=True, exist_ok=True)
     qcols = ["query_id", "query", "segment", "query_type", "product_type"] + [f"q_{a}" for a in ATTRS] + ["volume"]
     write_table(products, out / "products.parquet", PRODUCTS)
@@ -440,11 +424,12 @@ def generate_world(out_dir: str | Path, seed: int = 7, cfg: WorldConfig | None =
     write_table(truth, out / "truth.parquet", TRUTH)
     write_table(judgments, out / "judgments.parquet", JUDGMENTS)
     write_table(imps.drop(columns=["pair_idx"]), out / "impressions.parquet", IMPRESSIONS)
-    steps.update()
-    steps.close()
 
+
+def _metadata(seed: int, cfg: WorldConfig, products, queries, cand, truth, judgments, imps,
+              report: dict[str, Any]) -> dict[str, Any]:
     grade_dist = truth["grade"].value_counts().sort_index()
-    meta = {
+    return {
         "source": "world", "generator": GENERATOR_VERSION, "seed": int(seed), "simulated_engagement": True,
         "config": cfg.model_dump(), "epoch": str(EPOCH),
         "counts": {"products": len(products), "product_types": int(products["product_type"].nunique()),
@@ -459,6 +444,40 @@ def generate_world(out_dir: str | Path, seed: int = 7, cfg: WorldConfig | None =
         "spearman_grade_ctr": report["spearman_grade_ctr"],
         "engagement": report,
     }
+
+
+def generate_world(out_dir: str | Path, seed: int = 7, cfg: WorldConfig | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Write the built-in world to `out_dir` and return a summary (also stored in metadata.json).
+
+    Tables: products, queries, candidates, truth (evaluation only), judgments (noisy ~10% subset),
+    impressions (simulated engagement). Same seed and config -> byte-identical parquet files: every step
+    draws from one generator in a fixed order.
+    """
+    cfg = cfg or WorldConfig()
+    if not isinstance(cfg, WorldConfig):
+        raise TypeError(f"cfg must be a WorldConfig, got {type(cfg).__name__}. Fix: WorldConfig(**your_dict).")
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    steps = tqdm(total=6, desc="world", disable=not progress)
+    products = _make_products(cfg, rng)
+    steps.update()
+    queries = _make_queries(cfg, products, rng)
+    steps.update()
+    cand = _make_candidates(cfg, products, queries, rng, progress)
+    steps.update()
+    cand = _rank_candidates(cand, products, queries, rng)
+    truth = cand[["query_id", "product_id", "grade"]]
+    judgments = _noisy_judgments(truth, queries, cfg, rng)
+    steps.update()
+    imps = _simulate_logs(cand, products, queries, cfg, rng, progress)
+    steps.update()
+    report = engagement_report(imps, truth, min_impressions=cfg.min_impressions)
+    _write_tables(out, products, queries, cand, truth, judgments, imps)
+    steps.update()
+    steps.close()
+    meta = _metadata(seed, cfg, products, queries, cand, truth, judgments, imps, report)
     write_metadata(out, meta)
     return dict(meta, out_dir=str(out), seconds=round(time.perf_counter() - t0, 2))
 
