@@ -10,7 +10,6 @@ OUT     ?= runs/default
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
-export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 # git (used by mlflow) must not complain in a fresh clone
 export GIT_PYTHON_REFRESH=quiet
 

@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from ltr.tracking import DEFAULT_TRACKING_URI
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -223,7 +225,7 @@ def evaluate(dataset: Path = typer.Option(..., "--dataset", help="Judged dataset
              model: str = typer.Option(..., "--model", help="e.g. models:/ltr-ranker@champion"),
              out: Path = typer.Option(..., "--out", help="JSON report to write."),
              ce_model: Optional[Path] = typer.Option(None, "--ce-model", help="Cross-encoder dir for ce_score."),
-             tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri")) -> None:
+             tracking_uri: str = typer.Option(DEFAULT_TRACKING_URI, "--tracking-uri")) -> None:
     """Score a judged dataset the model never saw: NDCG@10 (ESCI and exponential gains), Irrelevant@10."""
     from ltr.evaluate import evaluate_dataset
     from ltr.tracking import setup_tracking
@@ -237,7 +239,7 @@ def evaluate(dataset: Path = typer.Option(..., "--dataset", help="Judged dataset
 def serve(model: str = typer.Option("models:/ltr-ranker@champion", "--model"),
           run_dir: Path = typer.Option(Path("runs/default"), "--run-dir", help="Run with dataset + features."),
           host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
-          tracking_uri: str = typer.Option("sqlite:///mlruns/mlflow.db", "--tracking-uri")) -> None:
+          tracking_uri: str = typer.Option(DEFAULT_TRACKING_URI, "--tracking-uri")) -> None:
     """Serve POST /v1/rank over HTTP with the registered model and Feast online features."""
     from ltr.serving.server import serve as _serve
     from ltr.tracking import setup_tracking

@@ -66,9 +66,12 @@ class Arm:
     target: dict[str, Any] = field(default_factory=dict)
     drop_columns: list[str] = field(default_factory=list)
     drop_prefixes: list[str] = field(default_factory=list)
+    #: experiment-only columns this arm trains on even when the config declares its feature list
+    add_columns: list[str] = field(default_factory=list)
 
     def key(self) -> str:
-        return json.dumps([self.target, sorted(self.drop_columns), sorted(self.drop_prefixes)], sort_keys=True)
+        return json.dumps([self.target, sorted(self.drop_columns), sorted(self.drop_prefixes),
+                           sorted(self.add_columns)], sort_keys=True)
 
 
 def build_arms(cfg: ExperimentConfig, tuned: TunedParams, columns: set[str]) -> tuple[list[Arm], list[dict]]:
@@ -118,7 +121,7 @@ def build_arms(cfg: ExperimentConfig, tuned: TunedParams, columns: set[str]) -> 
             arms += [Arm("CE fine-tuned on LLM labels", "e", f"feature {cfg.hopit_llm_column}", dict(t),
                          [cfg.hopit_purchase_column]),
                      Arm("CE fine-tuned on purchases", "e", f"feature {cfg.hopit_purchase_column}", dict(t),
-                         [cfg.hopit_llm_column])]
+                         [cfg.hopit_llm_column], add_columns=[cfg.hopit_purchase_column])]
     return arms, skipped
 
 
@@ -128,10 +131,16 @@ def _arm_config(base: TrainConfig, arm: Arm, seed: int) -> TrainConfig:
     d["target"].update(arm.target)
     d["exclude_feature_prefixes"] = list(d["exclude_feature_prefixes"]) + arm.drop_prefixes
     if d["features"] is not None:
-        d["features"] = [f for f in d["features"] if f not in arm.drop_columns]
+        kept = [f for f in d["features"] if f not in arm.drop_columns]
+        d["features"] = kept + [c for c in arm.add_columns if c not in kept]
     if arm.target.get("content_source") == "grade" or arm.target.get("blend_weight") == 0.0:
         d["label_source"] = "grade" if arm.target.get("content_source") == "grade" else "engagement"
     return TrainConfig.model_validate(d)
+
+
+def arm_features(frame: pd.DataFrame, acfg: TrainConfig, arm: Arm) -> list[str]:
+    """The arm's model features: the configured ones (families included) without the arm's drops."""
+    return [f for f in feature_columns(frame, acfg) if f not in arm.drop_columns]
 
 
 def _frame(frames: FrameSource, seed: int) -> pd.DataFrame:
@@ -193,7 +202,7 @@ def _run_arms(frames: FrameSource, cfg: ExperimentConfig, arms: list[Arm], split
                 key = (seed, arm.key())
                 if key not in cache:
                     acfg = _arm_config(cfg.train, arm, seed)
-                    feats = [f for f in feature_columns(tr, acfg) if f not in arm.drop_columns]
+                    feats = arm_features(tr, acfg, arm)
                     model = fit_ranker(tr, acfg, feats)
                     summary, pq = evaluate_ranker(model, te, acfg)
                     cache[key] = summary, pq[[c for c in keep if c in pq.columns]]

@@ -16,6 +16,7 @@ from features.crossencoder import CrossEncoderConfig
 from labels.config import LabelConfig
 from ltr.data.config import StrictConfig
 from ltr.sim.world import WorldConfig
+from ltr.tracking import DEFAULT_TRACKING_URI
 from ltr.train_config import ExperimentConfig, TrainConfig, TuneConfig
 
 
@@ -27,7 +28,7 @@ class DatasetConfig(StrictConfig):
 
 
 class TrackingConfig(StrictConfig):
-    uri: str = "sqlite:///mlruns/mlflow.db"
+    uri: str = DEFAULT_TRACKING_URI
     experiment: str = "ltr"
     model_name: str = "ltr-ranker"
     enabled: bool = True

@@ -2,8 +2,11 @@
 importance, plots and the model (with signature and feature list); the chosen model is registered and
 gets the alias `champion`; `load_model("models:/NAME@champion")` gives back a ranker that knows its features.
 
-Tracking URI: argument > $MLFLOW_TRACKING_URI > `sqlite:///mlruns/mlflow.db` (MLflow 3 refuses a plain
-file store). Artifacts of a new experiment go under `mlruns/artifacts` unless an artifact location is given.
+Tracking URI: argument > $MLFLOW_TRACKING_URI > `DEFAULT_TRACKING_URI`, a sqlite store because MLflow 3
+refuses a plain file store; other defaults (CLI options, run configs, the service) import that constant
+instead of spelling the URI, so moving the store is a one-line change. Artifacts of a new experiment go
+next to the database (`artifacts/`) unless an artifact location is given, so a store directory can be
+copied or deleted as one piece.
 """
 from __future__ import annotations
 
@@ -12,13 +15,15 @@ import json
 import math
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
+# numpy / pandas / mlflow are imported where used: the CLI imports this module for DEFAULT_TRACKING_URI
+# while building its options, and `ltr --help` must not wait for pandas.
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "ltr"
 CHAMPION = "champion"
@@ -57,31 +62,46 @@ def setup_tracking(tracking_uri: str | None = None, experiment: str = DEFAULT_EX
     return exp_id
 
 
+# MLflow hands the tracking URI and the active experiment to subprocesses through these; they are the
+# public record of what a block has to put back.
+_TRACKING_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+
+
 @contextmanager
 def using_tracking(tracking_uri: str, experiment: str = DEFAULT_EXPERIMENT,
                    artifact_location: str | None = None) -> Iterator[str]:
-    """`setup_tracking` for a block, restoring MLflow's previous URI and experiment after (tests, notebooks)."""
-    import mlflow
-    from mlflow.tracking import fluent
-    from mlflow.tracking._tracking_service import utils as tsu
+    """`setup_tracking` for a block, then back to the caller's store and experiment, so a test or notebook
+    cell that tracks into a temp store does not leave the process logging there.
 
-    prev_uri, prev_exp = tsu._tracking_uri, fluent._active_experiment_id
-    prev_env = os.environ.get("MLFLOW_TRACKING_URI")
+    MLflow has no public way to forget an active experiment: when the caller had none, the block's
+    experiment stays selected in-process until the next `setup_tracking` / `mlflow.set_experiment`.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    prev_uri = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
+    prev_env = {k: os.environ.get(k) for k in _TRACKING_ENV}
     try:
         yield setup_tracking(tracking_uri, experiment, artifact_location)
     finally:
         while mlflow.active_run() is not None:
             mlflow.end_run()
-        tsu._tracking_uri = prev_uri
-        fluent._active_experiment_id = prev_exp
-        if prev_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = prev_env
+        mlflow.set_tracking_uri(prev_uri)  # None: back to "not set", as before the block
+        for k, v in prev_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if prev_uri is not None and prev_env["MLFLOW_EXPERIMENT_ID"] is not None:
+            # a caller's experiment that has gone since must not turn a clean exit into an error
+            with suppress(MlflowException):
+                mlflow.set_experiment(experiment_id=prev_env["MLFLOW_EXPERIMENT_ID"])
 
 
 def frame_fingerprint(df: pd.DataFrame) -> str:
     """Content hash of a frame (values, column names and dtypes; row order matters)."""
+    import pandas as pd
+
     h = hashlib.sha256()
     h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
     h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
@@ -95,6 +115,7 @@ def metric_key(name: str) -> str:
 
 def log_metrics(metrics: Mapping[str, float], prefix: str = "", step: int | None = None) -> None:
     import mlflow
+    import numpy as np
 
     clean = {metric_key(prefix + k): float(v) for k, v in metrics.items()
              if v is not None and isinstance(v, (int, float, np.floating)) and math.isfinite(float(v))}

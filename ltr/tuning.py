@@ -133,128 +133,210 @@ def _sampler(cfg: TuneConfig, seed: int):
     return optuna.samplers.TPESampler(seed=seed, multivariate=True)
 
 
+@dataclass
+class _Objectives:
+    """What every trial is scored on, fixed for the whole study so that trials (and a resumed study's old and
+    new trials) are comparable: one fit/tune split of the training queries, one feature list, two metrics."""
+
+    train_cfg: TrainConfig
+    fit_part: pd.DataFrame
+    tune_part: pd.DataFrame
+    feats: list[str]
+    content: str
+    engagement: str
+
+    def score(self, cfg: TrainConfig) -> dict[str, float]:
+        return _score(cfg, self.fit_part, self.tune_part, self.feats)
+
+    def values(self, summary: dict[str, float]) -> tuple[float, float]:
+        return float(summary[self.content]), float(summary[self.engagement])
+
+
+def _objectives(frame: pd.DataFrame, train_cfg: TrainConfig, tune_cfg: TuneConfig) -> _Objectives:
+    fit_part, tune_part = split_frame(frame, train_cfg.columns.query_id,
+                                      [1 - tune_cfg.tuning_fraction, tune_cfg.tuning_fraction], train_cfg.seed)
+    return _Objectives(train_cfg, fit_part, tune_part, feature_columns(fit_part, train_cfg),
+                       f"ndcg@{train_cfg.k}", train_cfg.engagement_metric)
+
+
+def _open_study(tune_cfg: TuneConfig, seed: int, fingerprint: str, objectives: list[str]):
+    """Create or resume the study; refuse to resume on another frame, whose trials would not be comparable."""
+    import optuna
+
+    study = optuna.create_study(study_name=tune_cfg.study_name, storage=_storage(tune_cfg.storage),
+                                directions=["maximize", "maximize"], load_if_exists=True,
+                                sampler=_sampler(tune_cfg, seed))
+    prev_fp = study.user_attrs.get("frame_fingerprint")
+    if prev_fp is not None and prev_fp != fingerprint:
+        raise TuningError(f"study {tune_cfg.study_name!r} was run on a different training frame "
+                          f"({prev_fp} != {fingerprint}); continuing would mix results. Fix: use a new study_name.")
+    study.set_user_attr("frame_fingerprint", fingerprint)
+    study.set_user_attr("objectives", objectives)
+    return study
+
+
+def _baseline(study, obj: _Objectives) -> dict[str, float]:
+    """The engagement-only model's scores, kept in the study so a resumed run keeps the same floor."""
+    if "baseline" in study.user_attrs:
+        return study.user_attrs["baseline"]
+    s = obj.score(trial_config(obj.train_cfg, {"blend_weight": 0.0}))
+    baseline = {"content": s[obj.content], "engagement": s[obj.engagement]}
+    study.set_user_attr("baseline", baseline)
+    return baseline
+
+
+def _start_parent_run(tune_cfg: TuneConfig, train_cfg: TrainConfig, fingerprint: str, engagement: str,
+                      baseline: dict[str, float]):
+    """One parent run per `tune` call, so its trials nest under it and the Pareto plot sits with them."""
+    import mlflow
+
+    from .tracking import log_config, log_metrics, setup_tracking
+
+    if not mlflow.tracking.is_tracking_uri_set():
+        setup_tracking()  # the default sqlite store, never MLflow's implicit ./mlruns file store
+    parent = mlflow.start_run(run_name=f"tune:{tune_cfg.study_name}")
+    log_config(tune_cfg, "tune_config.json")
+    log_config(train_cfg, "train_config.json")
+    mlflow.set_tags({"train_fingerprint": fingerprint, "optuna_study": tune_cfg.study_name,
+                     "engagement_metric": engagement})
+    log_metrics({"baseline_content": baseline["content"], "baseline_engagement": baseline["engagement"]})
+    return parent
+
+
+def _suggest(trial, t: TuneConfig) -> dict[str, Any]:
+    # the order of the suggest calls is part of what the seeded sampler reproduces: keep it
+    params = {"alpha": trial.suggest_float("alpha", *t.alpha_range, log=True),
+              "beta": trial.suggest_float("beta", *t.beta_range),
+              "blend_weight": trial.suggest_float("blend_weight", *t.blend_weight_range)}
+    if t.tune_model_params:
+        params["learning_rate"] = trial.suggest_float("learning_rate", *t.learning_rate_range, log=True)
+        params["max_depth"] = trial.suggest_int("max_depth", *t.max_depth_range)
+        params["min_child_weight"] = trial.suggest_float("min_child_weight", *t.min_child_weight_range, log=True)
+    return params
+
+
+def _log_trial(number: int, params: dict[str, Any], summary: dict[str, float]) -> None:
+    import mlflow
+
+    from .tracking import log_metrics
+
+    with mlflow.start_run(run_name=f"trial-{number}", nested=True):
+        mlflow.log_params({**params, "trial": number})
+        log_metrics(summary)
+
+
+def _objective(obj: _Objectives, t: TuneConfig, tracked: bool):
+    def objective(trial) -> tuple[float, float]:
+        params = _suggest(trial, t)
+        s = obj.score(trial_config(obj.train_cfg, params))
+        for name, v in s.items():
+            if np.isfinite(v):
+                trial.set_user_attr(name, float(v))
+        if tracked and t.log_trials:
+            _log_trial(trial.number, params, s)
+        return obj.values(s)
+
+    return objective
+
+
+def _current_settings(train_cfg: TrainConfig, t: TuneConfig) -> dict[str, Any]:
+    """The configured values (clipped into the search ranges): tried first, so the search starts from what
+    the team runs today and can only report an operating point at least as well informed."""
+    d = train_cfg.target
+    first = {"alpha": float(np.clip(d.alpha or 10.0, *t.alpha_range)),
+             "beta": float(np.clip(d.beta, *t.beta_range)),
+             "blend_weight": float(np.clip(d.blend_weight, *t.blend_weight_range))}
+    if t.tune_model_params:
+        m = train_cfg.model
+        first.update(learning_rate=float(np.clip(m.learning_rate, *t.learning_rate_range)),
+                     max_depth=int(np.clip(m.max_depth, *t.max_depth_range)),
+                     min_child_weight=float(np.clip(m.min_child_weight, *t.min_child_weight_range)))
+    return first
+
+
+def _complete(study) -> list:
+    import optuna
+
+    return [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
+
+
+def _run_trials(study, objective, train_cfg: TrainConfig, t: TuneConfig) -> None:
+    """Top the study up to `n_trials` finished trials (a killed run resumes, a finished one adds nothing)."""
+    from tqdm.auto import tqdm
+
+    todo = max(0, t.n_trials - len(_complete(study)))
+    if not study.trials:
+        study.enqueue_trial(_current_settings(train_cfg, t))
+    if todo:
+        with tqdm(total=todo, desc="optuna trials", disable=todo < 3) as bar:
+            study.optimize(objective, n_trials=todo, callbacks=[lambda st, tr: bar.update(1)])
+
+
+def _trials_frame(study) -> pd.DataFrame:
+    rows = [{"number": tr.number, "content": tr.values[0], "engagement": tr.values[1],
+             **{f"params_{p}": v for p, v in tr.params.items()}} for tr in _complete(study)]
+    trials = pd.DataFrame(rows)
+    trials["pareto"] = pareto_mask(trials["content"].to_numpy(), trials["engagement"].to_numpy())
+    return trials
+
+
+def _publish(fig, trials: pd.DataFrame, op: dict[str, Any], out_dir: str | Path | None,
+             tracked: bool) -> Path | None:
+    """Write the plot and the trial table to `out_dir` and/or the parent run; returns the plot's path."""
+    plot_path = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        plot_path = out / "pareto.png"
+        fig.savefig(plot_path, dpi=120)
+        trials.to_csv(out / "trials.csv", index=False)
+    if tracked:
+        import mlflow
+
+        from .tracking import log_metrics
+
+        mlflow.log_figure(fig, "pareto.png")
+        mlflow.log_dict(trials.to_dict(orient="records"), "trials.json")
+        mlflow.log_dict(dict(op), "operating_point.json")
+        mlflow.log_params({f"op.{p}": v for p, v in op["params"].items()})
+        log_metrics({"op_content": op["content"], "op_engagement": op["engagement"],
+                     "op_constraint_met": float(op["constraint_met"]), "n_trials": float(len(trials))})
+    return plot_path
+
+
 def tune(frame: pd.DataFrame, train_cfg: TrainConfig | None = None, tune_cfg: TuneConfig | None = None,
          track: bool = True, out_dir: str | Path | None = None) -> TuneResult:
     """Run (or resume) the study on the training frame; see the module docstring for the rules."""
     import optuna
-    from tqdm.auto import tqdm
+
+    from .tracking import frame_fingerprint
 
     train_cfg, tune_cfg = train_cfg or TrainConfig(), tune_cfg or TuneConfig()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    cols = train_cfg.columns
-    fit_part, tune_part = split_frame(frame, cols.query_id, [1 - tune_cfg.tuning_fraction, tune_cfg.tuning_fraction],
-                                      train_cfg.seed)
-    feats = feature_columns(fit_part, train_cfg)
-    k, eng_name = f"ndcg@{train_cfg.k}", train_cfg.engagement_metric
-
-    study = optuna.create_study(study_name=tune_cfg.study_name, storage=_storage(tune_cfg.storage),
-                                directions=["maximize", "maximize"], load_if_exists=True,
-                                sampler=_sampler(tune_cfg, train_cfg.seed))
-    from .tracking import frame_fingerprint
-
+    obj = _objectives(frame, train_cfg, tune_cfg)
     fp = frame_fingerprint(frame)
-    prev_fp = study.user_attrs.get("frame_fingerprint")
-    if prev_fp is not None and prev_fp != fp:
-        raise TuningError(f"study {tune_cfg.study_name!r} was run on a different training frame "
-                          f"({prev_fp} != {fp}); continuing would mix results. Fix: use a new study_name.")
-    study.set_user_attr("frame_fingerprint", fp)
-    study.set_user_attr("objectives", [k, eng_name])
-
-    base_cfg = trial_config(train_cfg, {"blend_weight": 0.0})
-    if "baseline" in study.user_attrs:
-        baseline = study.user_attrs["baseline"]
-    else:
-        s = _score(base_cfg, fit_part, tune_part, feats)
-        baseline = {"content": s[k], "engagement": s[eng_name]}
-        study.set_user_attr("baseline", baseline)
-
-    mlflow = None
-    parent = None
-    if track:
-        import mlflow as _mlflow
-
-        from .tracking import log_config, log_metrics, setup_tracking
-        mlflow = _mlflow
-        from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
-        if not is_tracking_uri_set():
-            setup_tracking()  # the default sqlite store, never MLflow's implicit ./mlruns file store
-        parent = _mlflow.start_run(run_name=f"tune:{tune_cfg.study_name}")
-        log_config(tune_cfg, "tune_config.json")
-        log_config(train_cfg, "train_config.json")
-        _mlflow.set_tags({"train_fingerprint": fp, "optuna_study": tune_cfg.study_name, "engagement_metric": eng_name})
-        log_metrics({"baseline_content": baseline["content"], "baseline_engagement": baseline["engagement"]})
-
-    t = tune_cfg
-
-    def objective(trial) -> tuple[float, float]:
-        params = {"alpha": trial.suggest_float("alpha", *t.alpha_range, log=True),
-                  "beta": trial.suggest_float("beta", *t.beta_range),
-                  "blend_weight": trial.suggest_float("blend_weight", *t.blend_weight_range)}
-        if t.tune_model_params:
-            params["learning_rate"] = trial.suggest_float("learning_rate", *t.learning_rate_range, log=True)
-            params["max_depth"] = trial.suggest_int("max_depth", *t.max_depth_range)
-            params["min_child_weight"] = trial.suggest_float("min_child_weight", *t.min_child_weight_range, log=True)
-        cfg = trial_config(train_cfg, params)
-        s = _score(cfg, fit_part, tune_part, feats)
-        for name, v in s.items():
-            if np.isfinite(v):
-                trial.set_user_attr(name, float(v))
-        if mlflow is not None and t.log_trials:
-            from .tracking import log_metrics as _lm
-            with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True):
-                mlflow.log_params({**params, "trial": trial.number})
-                _lm(s)
-        return float(s[k]), float(s[eng_name])
-
+    study = _open_study(tune_cfg, train_cfg.seed, fp, [obj.content, obj.engagement])
+    baseline = _baseline(study, obj)
+    parent = _start_parent_run(tune_cfg, train_cfg, fp, obj.engagement, baseline) if track else None
     try:
-        done = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
-        todo = max(0, t.n_trials - len(done))
-        if not study.trials:
-            d = train_cfg.target
-            first = {"alpha": float(np.clip(d.alpha or 10.0, *t.alpha_range)),
-                     "beta": float(np.clip(d.beta, *t.beta_range)),
-                     "blend_weight": float(np.clip(d.blend_weight, *t.blend_weight_range))}
-            if t.tune_model_params:
-                m = train_cfg.model
-                first.update(learning_rate=float(np.clip(m.learning_rate, *t.learning_rate_range)),
-                             max_depth=int(np.clip(m.max_depth, *t.max_depth_range)),
-                             min_child_weight=float(np.clip(m.min_child_weight, *t.min_child_weight_range)))
-            study.enqueue_trial(first)
-        if todo:
-            with tqdm(total=todo, desc="optuna trials", disable=todo < 3) as bar:
-                study.optimize(objective, n_trials=todo, callbacks=[lambda st, tr: bar.update(1)])
-
-        finished = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
-        rows = [{"number": tr.number, "content": tr.values[0], "engagement": tr.values[1],
-                 **{f"params_{p}": v for p, v in tr.params.items()}} for tr in finished]
-        trials = pd.DataFrame(rows)
-        trials["pareto"] = pareto_mask(trials["content"].to_numpy(), trials["engagement"].to_numpy())
-        op = choose_operating_point(trials, baseline["engagement"], t.engagement_tolerance)
+        _run_trials(study, _objective(obj, tune_cfg, tracked=parent is not None), train_cfg, tune_cfg)
+        trials = _trials_frame(study)
+        op = choose_operating_point(trials, baseline["engagement"], tune_cfg.engagement_tolerance)
         op["baseline"] = baseline
         best_cfg = trial_config(train_cfg, op["params"])
         tuned = TunedParams(alpha=best_cfg.target.alpha or 10.0, beta=best_cfg.target.beta,
                             blend_weight=best_cfg.target.blend_weight)
-        fig = pareto_figure(trials, baseline, op, k, eng_name)
-        plot_path = None
-        if out_dir is not None:
-            out = Path(out_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            plot_path = out / "pareto.png"
-            fig.savefig(plot_path, dpi=120)
-            trials.to_csv(out / "trials.csv", index=False)
-        if mlflow is not None:
-            mlflow.log_figure(fig, "pareto.png")
-            mlflow.log_dict(trials.to_dict(orient="records"), "trials.json")
-            mlflow.log_dict({k2: v for k2, v in op.items()}, "operating_point.json")
-            mlflow.log_params({f"op.{p}": v for p, v in op["params"].items()})
-            log_metrics({"op_content": op["content"], "op_engagement": op["engagement"],
-                         "op_constraint_met": float(op["constraint_met"]), "n_trials": float(len(trials))})
-        import matplotlib.pyplot as plt
+        fig = pareto_figure(trials, baseline, op, obj.content, obj.engagement)
+        plot_path = _publish(fig, trials, op, out_dir, tracked=parent is not None)
+        import matplotlib.pyplot as plt  # after pareto_figure, which picks the headless backend first
+
         plt.close(fig)
         return TuneResult(study, trials, baseline, op, tuned, best_cfg, plot_path,
                           parent.info.run_id if parent is not None else None)
     finally:
         if parent is not None:
+            import mlflow
+
             mlflow.end_run()
 
 

@@ -1,5 +1,8 @@
 """ltr.tracking against a real MLflow sqlite store in a temp dir: log, register, alias, load."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -85,3 +88,30 @@ def test_lightgbm_baseline_roundtrip(store, result):
     back = T.load_model(info.model_uri)
     assert isinstance(back, LGBMLambdaMART) and back.feature_names_ == result.features
     assert np.allclose(back.predict(result.test_frame), m.predict(result.test_frame))
+
+
+def test_using_tracking_puts_back_the_callers_store_and_experiment(store, tmp_path):
+    _, exp_id = store
+    outer = mlflow.get_tracking_uri()
+    inner = f"sqlite:///{tmp_path}/inner.db"
+    with T.using_tracking(inner, "inner", (tmp_path / "artifacts").as_uri()) as inner_id:
+        assert mlflow.get_tracking_uri() == inner and os.environ["MLFLOW_EXPERIMENT_ID"] == inner_id
+        mlflow.start_run(run_name="left-open")                  # the block ends it
+    assert mlflow.active_run() is None
+    assert mlflow.get_tracking_uri() == outer == os.environ["MLFLOW_TRACKING_URI"]
+    assert os.environ["MLFLOW_EXPERIMENT_ID"] == exp_id
+    with mlflow.start_run(run_name="after-inner") as run:        # lands in the caller's experiment again
+        pass
+    assert run.info.experiment_id == exp_id
+
+
+def test_using_tracking_leaves_an_unset_uri_unset(tmp_path):
+    code = ("import os, mlflow; from ltr import tracking as T\n"
+            f"with T.using_tracking('sqlite:///{tmp_path}/t.db', 'x', {(tmp_path / 'a').as_uri()!r}):\n"
+            "    assert mlflow.tracking.is_tracking_uri_set()\n"
+            "assert not mlflow.tracking.is_tracking_uri_set()\n"
+            "assert 'MLFLOW_TRACKING_URI' not in os.environ and 'MLFLOW_EXPERIMENT_ID' not in os.environ\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -18,6 +18,7 @@ import math
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -131,10 +132,196 @@ class _Metrics:
             Gauge("ltr_ce_cache_misses", "cross-encoder cache misses", registry=r).set_function(lambda: c.misses)
             Gauge("ltr_ce_cache_size", "cross-encoder cache entries", registry=r).set_function(lambda: len(c))
 
+    def rejected(self) -> None:
+        self.errors.labels("validation").inc()
+        self.requests.labels("422").inc()
+
+    def failed(self) -> None:
+        self.errors.labels("internal").inc()
+        self.requests.labels("500").inc()
+
+    def served(self, seconds: float, n_candidates: int) -> None:
+        self.latency.observe(seconds)
+        self.candidates.observe(n_candidates)
+        self.requests.labels("200").inc()
+
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+@dataclass
+class ServiceState:
+    """Everything a request needs, all loaded before the port opens: a slow or failing load shows at
+    startup, not on the first shopper's request."""
+
+    model: LoadedModel
+    assembler: FeatureAssembler
+    ondemand: OnDemandFeatures
+    store: Any
+    known: set[str]
+    metrics: _Metrics
+    served_log: ServedLog | None
+    max_candidates: int
+    # one scoring at a time: 2 cores, and torch already uses both
+    compute_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _checked_features_dir(features_dir: str | Path | None, max_candidates: int) -> Path | None:
+    """Settings that are cheap to check are checked before the slow model and encoder loads."""
+    if not isinstance(max_candidates, int) or max_candidates < 1:
+        raise ServingError(f"max_candidates must be a positive int, got {max_candidates!r}. Fix: e.g. 1000.")
+    fdir = Path(features_dir).resolve() if features_dir is not None else None
+    if fdir is not None and not fdir.is_dir():
+        raise ServingError(f"features_dir={features_dir} does not exist. Fix: pass the directory "
+                           "build_features wrote, or leave it out to serve request-time features only.")
+    return fdir
+
+
+def _open_store(store: Any, fdir: Path | None, features_cfg: Any) -> Any:
+    """A given store wins (tests, a store shared by several apps); else the one build_features described."""
+    if store is None and fdir is not None:
+        from features.store import LtrStore
+        return LtrStore(fdir, features_cfg)
+    return store
+
+
+def _prepare(assembler: FeatureAssembler, ondemand: OnDemandFeatures, warm: bool, precompute_embeddings: bool) -> None:
+    """Pay for encoder loading (and, if asked, catalog embeddings) at startup instead of on the first requests."""
+    if warm:
+        assembler.warm()
+    if precompute_embeddings and "bienc_cos" in assembler.features and assembler.sources["bienc_cos"] != "missing":
+        ondemand.precompute_product_embeddings(progress=True)
+
+
+def request_problem(query: str, ids: list[str], state: ServiceState) -> tuple[str, str] | None:
+    """(field, message) of the first thing wrong with a request that pydantic's schema cannot see."""
+    if not query:
+        return "query", "query is blank. Fix: send the shopper's search text."
+    if not ids:
+        return "product_ids", "product_ids is empty. Fix: send at least one candidate product id."
+    if len(ids) > state.max_candidates:
+        return "product_ids", (f"product_ids has {len(ids)} ids; the limit is {state.max_candidates}. "
+                               "Fix: send fewer candidates (retrieve, then rank the top ones).")
+    dup = [p for p, c in pd.Series(ids).value_counts().items() if c > 1]
+    if dup:
+        return "product_ids", f"product_ids repeats {len(dup)} id(s), e.g. {dup[:5]}. Fix: send each candidate once."
+    unknown = [p for p in ids if p not in state.known]
+    if unknown:
+        return "product_ids", (f"{len(unknown)} product id(s) are not in the catalog, e.g. {unknown[:5]}. "
+                               "Fix: send ids of catalog products.")
+    return None
+
+
+def _features_and_scores(state: ServiceState, query: str,
+                         ids: list[str]) -> tuple[pd.DataFrame, dict[str, Any], np.ndarray]:
+    """Features and scores; a failure is counted as a 500 here, since FastAPI answers it past the handler."""
+    try:
+        with state.compute_lock:
+            X, info = state.assembler.frame(query, ids)
+            scores = state.model.ranker.predict(X, missing="nan")
+    except Exception:
+        state.metrics.failed()
+        raise
+    if info["store"] == "error":
+        state.metrics.store_errors.inc()
+    return X, info, scores
+
+
+def _ranked(ids: list[str], scores: np.ndarray, top_k: int | None) -> list[RankedItem]:
+    order = np.lexsort((np.asarray(ids), -scores))  # score desc, then id: ties rank the same on every replica
+    k = min(top_k or len(ids), len(ids))
+    return [RankedItem(product_id=ids[i], score=float(scores[i]), rank=r + 1) for r, i in enumerate(order[:k])]
+
+
+def _log_served(state: ServiceState, rid: str, query: str, ids: list[str], X: pd.DataFrame,
+                info: dict[str, Any], scores: np.ndarray, k: int) -> None:
+    """One line with the exact feature values the model saw, to debug a ranking and to train on logs."""
+    lm = state.model
+    state.served_log.write({
+        "request_id": rid, "ts": datetime.now(UTC).isoformat(), "query": query, "query_id": query_id(query),
+        "product_ids": ids, "model_uri": lm.uri, "model_version": lm.version, "store": info["store"],
+        "features": {f: [_clean(v) for v in X[f].tolist()] for f in X.columns},
+        "scores": [float(s) for s in scores], "top_k": k,
+    })
+
+
+def rank_request(state: ServiceState, req: RankRequest) -> RankResponse | JSONResponse:
+    """POST /v1/rank, as a plain function of the state so it can run (and be tested) without HTTP."""
+    t0 = time.perf_counter()
+    q, ids = req.query.strip(), [str(p) for p in req.product_ids]
+    problem = request_problem(q, ids, state)
+    if problem is not None:
+        state.metrics.rejected()
+        return _problem(*problem)
+    rid = req.request_id or uuid.uuid4().hex
+    X, info, scores = _features_and_scores(state, q, ids)
+    results = _ranked(ids, scores, req.top_k)
+    took = time.perf_counter() - t0
+    if state.served_log is not None:
+        _log_served(state, rid, q, ids, X, info, scores, len(results))
+    state.metrics.served(time.perf_counter() - t0, len(ids))
+    return RankResponse(request_id=rid, query_id=query_id(q), model_version=state.model.version, results=results,
+                        n_candidates=len(ids), store=info["store"], took_ms=round(took * 1000, 3))
+
+
+def _store_health(store: Any) -> dict[str, Any]:
+    """Probe with a real read: a store can be configured and still fail (tables never materialized)."""
+    st: dict[str, Any] = {"configured": store is not None}
+    if store is not None:
+        st["views"] = list(getattr(store, "views", []))
+        try:
+            store.get_online_features("q_health_probe", ["__health_probe__"])
+            st["ok"] = True
+        except Exception as e:  # noqa: BLE001
+            st["ok"], st["error"] = False, f"{type(e).__name__}: {e}"
+    return st
+
+
+def health_report(state: ServiceState) -> dict[str, Any]:
+    """GET /health: which model version is live and where each feature comes from; 'degraded' when the
+    store fails, since requests are still served, from request-time features."""
+    st = _store_health(state.store)
+    a, cache = state.assembler, state.ondemand.ce_cache
+    return {"status": "ok" if st.get("ok", True) else "degraded", "model": state.model.describe(),
+            "features": a.features, "feature_sources": a.sources, "missing_features": a.missing, "store": st,
+            "n_products": len(state.known), "max_candidates": state.max_candidates,
+            "ce_cache": {"size": len(cache), "hits": cache.hits, "misses": cache.misses}}
+
+
+def _add_routes(app: FastAPI, state: ServiceState) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # schema errors never reach the rank handler, so they are counted here
+        if request.url.path == "/v1/rank":
+            state.metrics.rejected()
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": detail})
+
+    @app.post("/v1/rank", response_model=RankResponse)
+    def rank(req: RankRequest):
+        return rank_request(state, req)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return health_report(state)
+
+    @app.get("/metrics")
+    def prom() -> Response:
+        body, ctype = state.metrics.render()
+        return Response(content=body, media_type=ctype)
+
+
+def build_app(state: ServiceState) -> FastAPI:
+    """The HTTP layer over a loaded state, kept apart from loading so the routes can be served from any state."""
+    app = FastAPI(title="LTR ranking service", version="1")
+    app.state.model, app.state.assembler, app.state.store = state.model, state.assembler, state.store
+    app.state.metrics, app.state.served_log = state.metrics, state.served_log
+    app.state.max_candidates, app.state.service = state.max_candidates, state
+    _add_routes(app, state)
+    return app
 
 
 def create_app(model_uri: str, features_dir: str | Path | None = None,
@@ -151,125 +338,24 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
     (an LtrStore). products: the catalog (frame, products.parquet or dataset dir; default: the dataset
     named in features_dir/manifest.json). cross_encoder: its dir (default: the model run's
     'cross_encoder' artifact). bi_encoder: 'default' (all-MiniLM-L6-v2), a dir, or None.
+    tracking_uri: default $MLFLOW_TRACKING_URI, else ltr.tracking.DEFAULT_TRACKING_URI.
     on_missing='error' refuses to start when a model feature has no source; 'nan' serves it as NaN.
     precompute_embeddings: embed the whole catalog with the bi-encoder at startup (slower start, faster
     cold requests).
     """
-    if not isinstance(max_candidates, int) or max_candidates < 1:
-        raise ServingError(f"max_candidates must be a positive int, got {max_candidates!r}. Fix: e.g. 1000.")
-    fdir = Path(features_dir).resolve() if features_dir is not None else None
-    if fdir is not None and not fdir.is_dir():
-        raise ServingError(f"features_dir={features_dir} does not exist. Fix: pass the directory "
-                           "build_features wrote, or leave it out to serve request-time features only.")
+    fdir = _checked_features_dir(features_dir, max_candidates)
     lm = load_ranker(model_uri, cross_encoder=cross_encoder, tracking_uri=tracking_uri)
     catalog = load_products(products, fdir)
-    if store is None and fdir is not None:
-        from features.store import LtrStore
-        store = LtrStore(fdir, features_cfg)
+    store = _open_store(store, fdir, features_cfg)
     ondemand = OnDemandFeatures(catalog, cross_encoder=lm.cross_encoder, bi_encoder=bi_encoder,
                                 ce_cache_size=ce_cache_size, ce_backend=ce_backend)
     assembler = FeatureAssembler(lm.features, ondemand, store, on_missing=on_missing)
-    if warm:
-        assembler.warm()
-    if precompute_embeddings and "bienc_cos" in assembler.features and assembler.sources["bienc_cos"] != "missing":
-        ondemand.precompute_product_embeddings(progress=True)
-    known = set(catalog["product_id"])
-    metrics = _Metrics(ondemand, lm)
-    served = ServedLog(log_dir) if log_dir is not None else None
-    compute_lock = threading.Lock()  # one scoring at a time: 2 cores, torch already uses both
-
-    app = FastAPI(title="LTR ranking service", version="1")
-    app.state.model, app.state.assembler, app.state.store, app.state.metrics = lm, assembler, store, metrics
-    app.state.served_log, app.state.max_candidates = served, max_candidates
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        if request.url.path == "/v1/rank":
-            metrics.errors.labels("validation").inc()
-            metrics.requests.labels("422").inc()
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": detail})
-
-    @app.post("/v1/rank", response_model=RankResponse)
-    def rank(req: RankRequest):
-        t0 = time.perf_counter()
-
-        def reject(field: str, msg: str) -> JSONResponse:
-            metrics.errors.labels("validation").inc()
-            metrics.requests.labels("422").inc()
-            return _problem(field, msg)
-
-        q = req.query.strip()
-        if not q:
-            return reject("query", "query is blank. Fix: send the shopper's search text.")
-        ids = [str(p) for p in req.product_ids]
-        if not ids:
-            return reject("product_ids", "product_ids is empty. Fix: send at least one candidate product id.")
-        if len(ids) > max_candidates:
-            return reject("product_ids", f"product_ids has {len(ids)} ids; the limit is {max_candidates}. "
-                          "Fix: send fewer candidates (retrieve, then rank the top ones).")
-        dup = [p for p, c in pd.Series(ids).value_counts().items() if c > 1]
-        if dup:
-            return reject("product_ids", f"product_ids repeats {len(dup)} id(s), e.g. {dup[:5]}. "
-                          "Fix: send each candidate once.")
-        unknown = [p for p in ids if p not in known]
-        if unknown:
-            return reject("product_ids", f"{len(unknown)} product id(s) are not in the catalog, e.g. "
-                          f"{unknown[:5]}. Fix: send ids of catalog products.")
-        rid = req.request_id or uuid.uuid4().hex
-        try:
-            with compute_lock:
-                X, info = assembler.frame(q, ids)
-                scores = lm.ranker.predict(X, missing="nan")
-        except Exception:
-            metrics.errors.labels("internal").inc()
-            metrics.requests.labels("500").inc()
-            raise
-        if info["store"] == "error":
-            metrics.store_errors.inc()
-        order = np.lexsort((np.asarray(ids), -scores))  # score desc, id asc
-        k = min(req.top_k or len(ids), len(ids))
-        results = [RankedItem(product_id=ids[i], score=float(scores[i]), rank=r + 1)
-                   for r, i in enumerate(order[:k])]
-        took = time.perf_counter() - t0
-        if served is not None:
-            served.write({
-                "request_id": rid, "ts": datetime.now(UTC).isoformat(), "query": q, "query_id": query_id(q),
-                "product_ids": ids, "model_uri": lm.uri, "model_version": lm.version, "store": info["store"],
-                "features": {f: [_clean(v) for v in X[f].tolist()] for f in X.columns},
-                "scores": [float(s) for s in scores], "top_k": k,
-            })
-        metrics.latency.observe(time.perf_counter() - t0)
-        metrics.candidates.observe(len(ids))
-        metrics.requests.labels("200").inc()
-        return RankResponse(request_id=rid, query_id=query_id(q), model_version=lm.version, results=results,
-                            n_candidates=len(ids), store=info["store"], took_ms=round(took * 1000, 3))
-
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        st: dict[str, Any] = {"configured": store is not None}
-        if store is not None:
-            st["views"] = list(getattr(store, "views", []))
-            try:
-                store.get_online_features("q_health_probe", ["__health_probe__"])
-                st["ok"] = True
-            except Exception as e:  # noqa: BLE001
-                st["ok"], st["error"] = False, f"{type(e).__name__}: {e}"
-        ok = st.get("ok", True)
-        return {"status": "ok" if ok else "degraded", "model": lm.describe(),
-                "features": assembler.features, "feature_sources": assembler.sources,
-                "missing_features": assembler.missing, "store": st, "n_products": len(known),
-                "max_candidates": max_candidates,
-                "ce_cache": {"size": len(ondemand.ce_cache), "hits": ondemand.ce_cache.hits,
-                             "misses": ondemand.ce_cache.misses}}
-
-    @app.get("/metrics")
-    def prom() -> Response:
-        body, ctype = metrics.render()
-        return Response(content=body, media_type=ctype)
-
-    return app
+    _prepare(assembler, ondemand, warm, precompute_embeddings)
+    return build_app(ServiceState(model=lm, assembler=assembler, ondemand=ondemand, store=store,
+                                  known=set(catalog["product_id"]), metrics=_Metrics(ondemand, lm),
+                                  served_log=ServedLog(log_dir) if log_dir is not None else None,
+                                  max_candidates=max_candidates))
 
 
-__all__ = ["RankRequest", "RankResponse", "ServedLog", "create_app", "load_products"]
+__all__ = ["RankRequest", "RankResponse", "ServedLog", "ServiceState", "build_app", "create_app", "health_report",
+           "load_products", "rank_request", "request_problem"]

@@ -7,7 +7,6 @@ logs when a run is active), else none (the caller decides whether a missing feat
 """
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -43,14 +42,15 @@ class LoadedModel:
 
 
 def ensure_tracking_uri(tracking_uri: str | None = None) -> str:
-    """Use `tracking_uri`, else $MLFLOW_TRACKING_URI / an already set URI, else the project default."""
+    """Use `tracking_uri`, else $MLFLOW_TRACKING_URI / an already set URI, else the project's store: never
+    MLflow's own default, where the registered models are not."""
     import mlflow
 
     from ltr.tracking import DEFAULT_TRACKING_URI
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    elif not os.environ.get("MLFLOW_TRACKING_URI") and not mlflow.tracking.is_tracking_uri_set():
+    elif not mlflow.tracking.is_tracking_uri_set():  # also True when $MLFLOW_TRACKING_URI is set
         mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
     return mlflow.get_tracking_uri()
 
