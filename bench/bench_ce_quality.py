@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from ltr.data.esci import esci_sample_dir as esci_dir
-from ltr.metrics import ESCI_GAINS, irrelevant_per_query, ndcg_per_query
+from ltr.data.metrics import ESCI_GAINS, irrelevant_per_query, ndcg_per_query
 
 
 def load_esci(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -66,7 +66,7 @@ def bm25_scores(judg: pd.DataFrame, products: pd.DataFrame) -> np.ndarray:
 
 
 def metrics(judg: pd.DataFrame, scores: np.ndarray) -> dict[str, float]:
-    """The project's own query metrics (`ltr.metrics`), averaged over queries."""
+    """The project's own query metrics (`ltr.data.metrics`), averaged over queries."""
     q, g = judg["query_id"].to_numpy(), judg["grade"].to_numpy()
     return {"ndcg10_esci": round(float(ndcg_per_query(q, scores, g, 10, "esci").mean()), 4),
             "ndcg10_exp": round(float(ndcg_per_query(q, scores, g, 10, "exp").mean()), 4),
@@ -88,7 +88,8 @@ def paired_comparison(judg: pd.DataFrame, a: np.ndarray, b: np.ndarray, n_boot: 
 
 def untrained_scores(pairs: pd.DataFrame, products: pd.DataFrame, queries: pd.DataFrame, cfg) -> np.ndarray:
     """Raw logits of the model fine-tuning starts from (for the segment-cosine head: ~ bi-encoder)."""
-    from features.crossencoder import _collate, _length_batches, _tokenize_pairs, load_base_cross_encoder
+    from features.crossencoder import load_base_cross_encoder
+    from features.crossencoder.batching import _collate, _length_batches, _tokenize_pairs
     from features.text import pair_texts
 
     model, tok = load_base_cross_encoder(cfg.base_model, cfg.max_length, cfg)
@@ -134,6 +135,11 @@ def parse_set(items: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Run the K-fold benchmark and write ce_quality.json.
+
+    Script-style on purpose: the baselines, the fold loop and the paired comparison fill and read the
+    same out-of-fold score arrays, so reading it top to bottom is reading the experiment.
+    """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--folds", type=int, default=3)
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
         val_q = None
         if extra is not None:
             if a.extra_val == "esci":  # early stopping on ESCI queries of the training folds only
-                from features.crossencoder import _split_queries
+                from features.crossencoder.trainer import _split_queries
 
                 val_q = sorted(_split_queries(pairs["query_id"], cfg.val_fraction, a.seed + f)[1])
             pairs = extra[0] if a.extra_only else pd.concat([pairs, extra[0]], ignore_index=True)

@@ -48,6 +48,11 @@ def build_untrained(out: Path, max_length: int, seed: int = 0, head: str = "cls"
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Time every backend against sentence-transformers and write the report.
+
+    One function on purpose: the backends are timed in interleaved rounds inside one loop, so a noisy
+    shared CPU slows them alike; split apart, the rounds would no longer be comparable.
+    """
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", default=None, help="cross-encoder dir (default: fresh-head MiniLM)")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from features.ondemand import OnDemandFeatures, is_engagement
-from ltr import metrics as M
+from ltr.data import metrics as M
 from ltr.data.dataset import Dataset
 
 from .serving.assemble import FeatureAssembler

@@ -20,7 +20,7 @@ Arms whose columns are missing are skipped and listed with the reason.
 Significance. Mean ± std over seeds says how stable an arm is, not whether it beats the baseline on the
 queries. So every arm is also compared with the baseline arm, "engagement only" (the arm the Δ columns and
 the paper's claim compare against), by a two-sided paired t-test and a Wilcoxon signed-rank test
-(`ltr.metrics.paired_test`) on per-query NDCG@k and on the engagement metric; the table and the JSON give
+(`ltr.data.metrics.paired_test`) on per-query NDCG@k and on the engagement metric; the table and the JSON give
 both p and n, the number of pairs.
 - Pooled over seeds: the unit is a (seed, test query) pair; both arms trained with that seed on that seed's
   train split and were scored on that query, so pairing removes query difficulty and split luck alike.
@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import metrics as M
+from ltr.data import metrics as M
+
 from .rankers import split_frame
 from .train import evaluate_ranker, feature_columns, fit_ranker
 from .train_config import ExperimentConfig, TrainConfig, TunedParams
@@ -235,7 +236,7 @@ def _arm_rows(arms: list[Arm], summaries: dict[str, dict[int, dict]], seeds: lis
 
 def paired_tests(per_query: Mapping[str, Mapping[int, pd.DataFrame]], metrics: tuple[str, ...],
                  baseline: str = BASELINE) -> dict[str, dict[str, dict[str, float]]]:
-    """{arm: {metric: ltr.metrics.paired_test result}} of every arm but `baseline` against it, over
+    """{arm: {metric: ltr.data.metrics.paired_test result}} of every arm but `baseline` against it, over
     (seed, query) pairs pooled across seeds (see the module docstring for why pooled); {} without the
     baseline arm. `per_query` is {arm: {seed: per-query metrics frame indexed by query id}}."""
     if baseline not in per_query:

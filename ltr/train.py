@@ -13,8 +13,8 @@ from typing import Any
 import pandas as pd
 
 from features.names import FAMILY_ALIASES, select, view_features
+from ltr.data import metrics as M
 
-from . import metrics as M
 from .rankers import RankerError, make_ranker, split_frame
 from .targets import make_labels
 from .train_config import TrainConfig

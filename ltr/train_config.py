@@ -10,8 +10,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ltr.data.config import StrictConfig
+from ltr.data.metrics import ENGAGEMENT_METRICS
 from ltr.data.schemas import FrameColumns
-from ltr.metrics import ENGAGEMENT_METRICS
 
 
 class EngagementConfig(StrictConfig):
@@ -78,7 +78,7 @@ class TrainConfig(StrictConfig):
     exclude_feature_prefixes: list[str] = Field(default_factory=list)
     test_fraction: float = Field(0.3, gt=0, lt=1, description="share of queries held out for evaluation")
     k: int = Field(10, ge=1, description="cut-off for NDCG and Irrelevant@k")
-    engagement_metric: str = Field("cart_recall@10", description="metric key from ltr.metrics used as the "
+    engagement_metric: str = Field("cart_recall@10", description="metric key from ltr.data.metrics used as the "
                                    "engagement objective")
     head_quantile: float = Field(0.8, gt=0, lt=1, description="queries above this impression-volume quantile "
                                  "are 'head' when the frame has no segment column")

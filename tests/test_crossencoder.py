@@ -17,13 +17,13 @@ from features.crossencoder import (
     META_FILE,
     CrossEncoderConfig,
     CrossEncoderScorer,
-    _length_batches,
     fine_tune_cross_encoder,
-    ndcg_at_k,
     score_pairs,
 )
+from features.crossencoder.batching import _length_batches
 from features.text import pair_texts
 from ltr.data.encoder import default_encoder_path
+from ltr.data.metrics import ndcg_per_query
 
 torch.set_num_threads(2)
 
@@ -49,6 +49,13 @@ def tiny_world() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
             score = 1.0 if (pc, pit) == (c, it) else (0.33 if pit == it else 0.0)
             pairs.append({"query_id": qid, "product_id": pid, "score": score})
     return pd.DataFrame(pairs), pd.DataFrame(products), pd.DataFrame(queries)
+
+
+def mean_ndcg(pairs: pd.DataFrame, scores: np.ndarray, k: int) -> float:
+    """Mean NDCG@k by ltr.data.metrics, the labels' own scores (0, 0.33, 1) as gains: grade = round(3 * score)."""
+    grade = (pairs["score"] * 3).round().astype(int)
+    gains = dict(zip(grade, pairs["score"]))
+    return float(ndcg_per_query(pairs["query_id"], scores, grade, k, gains=gains).mean())
 
 
 TINY = CrossEncoderConfig(max_length=32, epochs=1, queries_per_batch=2, val_fraction=0.34, freeze_layers=4,
@@ -143,7 +150,9 @@ def test_length_bucketing_is_order_and_batch_invariant(trained, world):
 
 
 def test_cached_frozen_bottom_gives_the_same_logits(world):
-    from features.crossencoder import _collate, _frozen_states, _tokenize_pairs, _top_forward, load_base_cross_encoder
+    from features.crossencoder import load_base_cross_encoder
+    from features.crossencoder.batching import _collate, _tokenize_pairs
+    from features.crossencoder.frozen import _frozen_states, _top_forward
 
     pairs, products, queries = world
     qs, ts = pair_texts(pairs, products, queries)
@@ -161,7 +170,9 @@ def test_cached_frozen_bottom_gives_the_same_logits(world):
 @pytest.mark.parametrize("update", [{"segment_local_layers": 0}, {"segment_local_layers": 2},
                                     {"segment_local_layers": 2, "segment_own_cls": True, "cross_gate_init": -1.0}])
 def test_cached_frozen_bottom_gives_the_same_logits_segment_head(world, update):
-    from features.crossencoder import _collate, _frozen_states, _tokenize_pairs, _top_forward, load_base_cross_encoder
+    from features.crossencoder import load_base_cross_encoder
+    from features.crossencoder.batching import _collate, _tokenize_pairs
+    from features.crossencoder.frozen import _frozen_states, _top_forward
 
     pairs, products, queries = world
     qs, ts = pair_texts(pairs, products, queries)
@@ -183,7 +194,8 @@ def test_own_cls_layout_with_local_attention_is_exactly_the_bi_encoder(world):
     """segment_own_cls lays each segment out as the bi-encoder saw it alone ([CLS] x [SEP], positions
     from 0): with within-segment attention in every layer the joint pass computes the bi-encoder cosine."""
     from features.biencoder import BiEncoder
-    from features.crossencoder import _collate, _tokenize_pairs, load_base_cross_encoder
+    from features.crossencoder import load_base_cross_encoder
+    from features.crossencoder.batching import _collate, _tokenize_pairs
 
     pairs, products, queries = world
     qs, ts = pair_texts(pairs, products, queries)
@@ -197,7 +209,9 @@ def test_own_cls_layout_with_local_attention_is_exactly_the_bi_encoder(world):
 
 
 def test_cross_gate_is_trained_only_above_the_frozen_layers(world):
-    from features.crossencoder import _collate, _freeze, _tokenize_pairs, load_base_cross_encoder
+    from features.crossencoder import load_base_cross_encoder
+    from features.crossencoder.batching import _collate, _tokenize_pairs
+    from features.crossencoder.frozen import _freeze
 
     model, tok = load_base_cross_encoder(None, 32, TINY.model_copy(update={
         "segment_local_layers": 2, "segment_own_cls": True, "cross_gate_init": -3.0}))
@@ -234,7 +248,8 @@ def test_gated_own_cls_model_trains_on_given_validation_queries_and_reloads(worl
 def test_untrained_segment_head_starts_near_the_bi_encoder(world):
     """The point of the head: before any training it already ranks like the bi-encoder cosine."""
     from features.biencoder import BiEncoder
-    from features.crossencoder import _collate, _tokenize_pairs, load_base_cross_encoder
+    from features.crossencoder import load_base_cross_encoder
+    from features.crossencoder.batching import _collate, _tokenize_pairs
 
     pairs, products, queries = world
     qs, ts = pair_texts(pairs, products, queries)
@@ -244,7 +259,7 @@ def test_untrained_segment_head_starts_near_the_bi_encoder(world):
         s = model.eval()(**_collate(enc, list(range(len(qs))), 0)).logits[:, 0].numpy()
     bi = BiEncoder(max_length=32).cosine(qs, ts)
     assert spearmanr(s, bi).statistic > 0.6
-    assert ndcg_at_k(pairs["query_id"], pairs["score"], s, k=3) > 0.8
+    assert mean_ndcg(pairs, s, k=3) > 0.8
 
 
 def test_length_batches_respect_limits():
@@ -268,6 +283,7 @@ def test_score_pairs_feature_table(trained, world):
 def test_onnx_backends_match_torch(trained, world, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
     out, _ = trained
     pairs, products, queries = world
     qs, ts = pair_texts(pairs, products, queries)
@@ -308,10 +324,23 @@ def test_scorer_refuses_encoder_without_head(tmp_path):
         CrossEncoderScorer(tmp_path)
 
 
-def test_ndcg_at_k():
-    assert ndcg_at_k(["a"] * 3, [1, 0, 0], [3, 2, 1], k=10) == pytest.approx(1.0)
-    assert ndcg_at_k(["a"] * 2, [0, 1], [1, 0], k=1) == pytest.approx(0.0)
-    assert ndcg_at_k(["a", "a", "b", "b"], [1, 0, 1, 0], [1, 0, 0, 1], k=2) == pytest.approx((1 + 1 / np.log2(3)) / 2)
+def test_validation_ndcg_is_the_project_ndcg():
+    """Early stopping uses ltr.data.metrics' NDCG with gains 2^(3*score) - 1 (score g/3 gains 2^g - 1, as grade g
+    with exp gains); queries with nothing relevant are left out of the mean, not counted as 0."""
+    from features.crossencoder.trainer import _val_ndcg
+
+    def val_ndcg(groups, grades, scores, k):
+        return _val_ndcg(groups, np.asarray(grades, float) / 3, np.asarray(scores, float), k)
+
+    assert val_ndcg(["a"] * 3, [1, 0, 0], [3, 2, 1], k=10) == pytest.approx(1.0)
+    assert val_ndcg(["a"] * 2, [0, 1], [1, 0], k=1) == pytest.approx(0.0)
+    assert val_ndcg(["a", "a", "b", "b"], [1, 0, 1, 0], [1, 0, 0, 1], k=2) == pytest.approx((1 + 1 / np.log2(3)) / 2)
+    assert val_ndcg(["a", "a", "z", "z"], [1, 0, 0, 0], [1, 0, 0, 1], k=2) == pytest.approx(1.0)  # z: left out
+    assert val_ndcg(["z", "z"], [0, 0], [1, 0], k=2) == 0.0  # nothing relevant anywhere: 0, not NaN
+    rng = np.random.default_rng(0)
+    q, g, s = np.repeat(list("abcdef"), 8), rng.integers(0, 4, 48), rng.random(48)
+    ref = ndcg_per_query(q, s, g, 5, gains="exp")
+    assert val_ndcg(q, g, s, k=5) == pytest.approx(float(np.nanmean(ref)))
 
 
 @pytest.mark.slow
@@ -321,7 +350,7 @@ def test_fine_tuning_learns_the_tiny_world(world, tmp_path):
     fine_tune_cross_encoder(pairs, products, queries, tmp_path / "m", cfg, seed=0, progress=False)
     qs, ts = pair_texts(pairs, products, queries)
     s = CrossEncoderScorer(tmp_path / "m").score(qs, ts)
-    assert ndcg_at_k(pairs["query_id"], pairs["score"], s, k=3) > 0.9
+    assert mean_ndcg(pairs, s, k=3) > 0.9
 
 
 def test_continue_from_a_cross_encoder_with_a_separate_distillation_teacher(trained, world, tmp_path):

@@ -1,11 +1,11 @@
-"""ltr.metrics against hand-computed cases."""
+"""ltr.data.metrics against hand-computed cases."""
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from ltr import metrics as M
+from ltr.data import metrics as M
 from ltr.data.esci import esci_sample_dir
 from ltr.train_config import FrameColumns
 

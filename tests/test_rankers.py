@@ -4,7 +4,7 @@ import pytest
 from fixtures.synthetic_frame import synthetic_training_frame
 from sklearn.base import clone
 
-from ltr import metrics as M
+from ltr.data import metrics as M
 from ltr.rankers import (
     LGBMLambdaMART,
     RankerError,

@@ -3,12 +3,25 @@
 Why: on CPU, ONNX Runtime's fused BERT kernels and int8 dynamic quantisation (VNNI/AMX) are several
 times faster than eager PyTorch. The exported files are cached next to the model (`<model>/onnx/`), or
 in `onnx_dir`, keyed by the weights' hash so a re-trained model never reuses a stale export.
-Needs the `onnx` package for export-time checks and quantisation (`pip install onnx`).
+
+The export is torch's current exporter (`torch.onnx.export(..., dynamo=True)`: torch.export, then
+onnxscript), which needs the `onnx` and `onnxscript` packages (`pip install onnx onnxscript`, both in the
+`bench` extra). Two settings are deliberate:
+- The model is exported with eager attention (a copy; the caller's model keeps its own). With
+  `segment_own_cls` the layout inserts a [CLS], so the layers see sequences of length seq + 1, and with
+  SDPA attention torch.export records the head merge after attention as a `view` that the ONNX
+  decomposition then cannot apply ("Cannot view a tensor with shape [batch, seq + 1, 12, 32] and strides
+  ... as a tensor with shape (batch, seq + 1, 384)"). The eager attention's explicit matmuls export for
+  every head, and SDPA has no ONNX op at this opset anyway, so the graph computes the same thing.
+- The exporter's graph optimiser stays on: without it the Linear weights reach MatMul through a
+  Transpose, and `quantize_dynamic` leaves them in fp32 (the int8 file would be fp32 under another name).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,16 +38,26 @@ def _weights_hash(model_dir: Path) -> str:
 
 def export_onnx(model, out_path: Path) -> Path:
     """Export a sequence-classification model with dynamic batch and sequence axes (atomic write)."""
+    try:
+        import onnxscript  # noqa: F401  (torch's exporter builds the graph with it)
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("the ONNX export needs onnxscript. Fix: `pip install onnx onnxscript`.") from e
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(".tmp.onnx")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
     ids = torch.ones((2, 16), dtype=torch.long)
     args = (ids, torch.ones_like(ids), torch.zeros_like(ids))
-    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-            "token_type_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
-    model = model.eval()
-    with torch.inference_mode():
-        torch.onnx.export(model, args, str(tmp), input_names=["input_ids", "attention_mask", "token_type_ids"],
-                          output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    model = copy.deepcopy(model).eval()
+    if hasattr(model, "set_attn_implementation"):  # see the module docstring
+        model.set_attn_implementation("eager")
+    with warnings.catch_warnings():  # torch-internal notes, not problems: the inputs share their axes, and a
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # pytree deprecation
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        program = torch.onnx.export(model, args, input_names=names, output_names=["logits"],
+                                    dynamic_shapes={n: {0: batch, 1: seq} for n in names},
+                                    opset_version=18, dynamo=True, verbose=False)
+    program.save(str(tmp), external_data=False)  # one file (< 2 GB), so the rename below is atomic
     os.replace(tmp, out_path)
     return out_path
 
@@ -65,7 +88,7 @@ def ort_session(model_dir: str | Path, model, quantize: bool = False, onnx_dir: 
     try:
         import onnxruntime as ort
     except ImportError as e:  # pragma: no cover
-        raise ImportError("backend onnx needs onnxruntime. Fix: `pip install onnxruntime onnx`.") from e
+        raise ImportError("backend onnx needs onnxruntime. Fix: `pip install onnxruntime onnx onnxscript`.") from e
     fp32, int8 = onnx_paths(model_dir, onnx_dir)
     try:
         if not fp32.exists():

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ltr.data.engagement import smoothed_rate
-from ltr.data.schemas import FrameColumns
+from .engagement import smoothed_rate
+from .schemas import FrameColumns
 
 ESCI_GAINS: dict[int, float] = {3: 1.0, 2: 0.1, 1: 0.01, 0: 0.0}
 ENGAGEMENT_METRICS = ("purchase_recall", "cart_recall", "expected_clicks", "atc_rate")

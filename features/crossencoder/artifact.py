@@ -1,0 +1,47 @@
+"""The saved cross-encoder's on-disk format: a Hugging Face sequence-classifier dir plus `META_FILE`.
+
+Why one place: the trainer writes it, the scorer (and serving, through the MLflow `cross_encoder/`
+artifact) reads it, and sentence-transformers must load it unchanged, so the file names, the metadata
+version and the crash-safe write must agree on both sides.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .base_model import _is_segment
+
+META_FILE = "ltr_cross_encoder.json"
+FORMAT_VERSION = 1
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    p = path / META_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _atomic_save(model, tokenizer, meta: dict[str, Any], out_dir: Path) -> None:
+    """Write to a sibling temp dir, then swap it in: a crash never leaves a half-written model."""
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if _is_segment(model):  # copies crossencoder_modeling.py + auto_map: loadable with trust_remote_code
+        model.register_for_auto_class("AutoModelForSequenceClassification")
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["FORMAT_VERSION", "META_FILE"]
