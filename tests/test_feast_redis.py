@@ -1,14 +1,15 @@
 """The same online-store contract as tests/test_feast_store.py, against a real Redis on loopback."""
+import os
 import shutil
 import socket
 import subprocess
 import time
 
 import pytest
-from test_feast_store import make_features, run_online_contract
+from test_feast_store import make_features, reconfigure, run_online_contract
 
 from features.config import FeaturesConfig, RedisConfig
-from features.store import LtrStore
+from features.store import FeatureStoreError, LtrStore
 
 
 def _free_port() -> int:
@@ -17,11 +18,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def redis_port():
+def redis_server() -> str:
+    """The redis-server to start. Without one the Redis tests skip, except under CI (CI set), where they fail:
+    there a skip would let the byte-equality check against Feast's own writer pass vacuously."""
     exe = shutil.which("redis-server")
     if exe is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; `make redis` does it)")
+        why = "redis-server is not installed (Debian: apt-get install redis-server; `make redis` does it)"
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+            pytest.fail(f"{why}; CI is set, so the Redis tests must run, not skip")
+        pytest.skip(why)
+    return exe
+
+
+@pytest.fixture(scope="module")
+def redis_port():
+    exe = redis_server()
     port = _free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -62,3 +73,34 @@ def redis_contents(port: int, db: int) -> dict[bytes, dict[bytes, bytes]]:
 
     c = redis.Redis(host="127.0.0.1", port=port, db=db)
     return {k: c.hgetall(k) for k in c.scan_iter(count=1000)}
+
+
+@pytest.fixture(scope="module")
+def redis_feat(tmp_path_factory):
+    return make_features(tmp_path_factory, "redisrefuse")[1]
+
+
+@pytest.mark.parametrize("online, setting", [
+    ({"key_ttl_seconds": 60}, "key_ttl_seconds=60"),
+    ({"redis_type": "redis_cluster"}, "redis_type=redis_cluster"),
+    ({"connection_string": "{node},db=2,ssl=true"}, r"connection_string parameters \['ssl'\]"),
+])
+def test_bulk_refuses_redis_settings(redis_feat, redis_port, tmp_path, online, setting):
+    import redis
+
+    cfg = FeaturesConfig(online_store="redis", redis=RedisConfig(port=redis_port, db=2))
+    store = LtrStore(redis_feat, cfg, store_dir=tmp_path).apply()
+    online = {k: v.format(node=f"127.0.0.1:{redis_port}") if isinstance(v, str) else v for k, v in online.items()}
+    reconfigure(store, online=online)
+    with pytest.raises(FeatureStoreError, match=f"{setting}.*Fix: use LtrStore.materialize"):
+        store.bulk_materialize(progress=False)
+    assert redis.Redis(host="127.0.0.1", port=redis_port, db=2).dbsize() == 0  # refused before any write
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("1", pytest.fail.Exception),
+                                         ("", pytest.skip.Exception), ("false", pytest.skip.Exception)])
+def test_missing_redis_server_fails_only_under_ci(monkeypatch, ci, outcome):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="redis-server is not installed"):
+        redis_server()

@@ -3,10 +3,14 @@
 `run_online_contract` is shared with tests/test_feast_redis.py so both online stores pass the same checks.
 """
 import math
+import shutil
 import sqlite3
 
 import pandas as pd
 import pytest
+import yaml
+from feast import BigQuerySource, Field
+from feast.types import Int64
 from fixtures.tiny_dataset import T0, tiny_dataset
 
 from features.build import build_features
@@ -145,3 +149,92 @@ def test_config_is_strict():
         FeaturesConfig(online_stor="redis")
     with pytest.raises(ValueError, match="windows_days"):
         FeaturesConfig(windows_days=[7, 7])
+
+
+# --- the bulk writer refuses what it would not write as Feast does, before writing anything -----------------------
+def reconfigure(store: LtrStore, online: dict | None = None, registry: dict | None = None, **top) -> LtrStore:
+    """Feast settings that LtrStore does not render, as an edited feature_store.yaml would carry them; Feast
+    itself parses them, so a setting this Feast does not know fails here rather than passing vacuously."""
+    from feast import FeatureStore
+
+    path = store.store_dir / "feature_store.yaml"
+    conf = yaml.safe_load(path.read_text())
+    conf["online_store"].update(online or {})
+    if registry:
+        conf["registry"] = {"path": conf["registry"], **registry}
+    path.write_text(yaml.safe_dump({**conf, **top}, sort_keys=False))
+    store.fs = FeatureStore(repo_path=str(store.store_dir))
+    return store
+
+
+def redefine(store: LtrStore, view: str, source_args: dict | None = None, **changes) -> None:
+    """Re-register one view with `changes` (FeatureView arguments) and `source_args` (extra FileSource ones)."""
+    from feast import FeatureView, FileSource
+
+    fv = store.objects[view]
+    ents = {e.join_key: e for e in (store.objects["entity_query"], store.objects["entity_product"])}
+    src = FileSource(name=fv.batch_source.name, path=fv.batch_source.path,
+                     timestamp_field=fv.batch_source.timestamp_field, **(source_args or {}))
+    args = dict(name=view, entities=[ents[k] for k in store.repo.VIEW_KEYS[view]], ttl=fv.ttl,
+                schema=list(fv.features), source=src, online=True, tags=dict(fv.tags))
+    store.fs.apply([FeatureView(**{**args, **changes})])
+
+
+def assert_refused(store: LtrStore, match: str) -> None:
+    """bulk_materialize raises naming `match`, and no view got a single online row."""
+    with pytest.raises(FeatureStoreError, match=match):
+        store.bulk_materialize(progress=False)
+    assert not any(sqlite_contents(store).values())
+
+
+@pytest.mark.parametrize("settings, setting", [
+    ({"online": {"enable_openai_compatible_store": True}}, "enable_openai_compatible_store"),
+    ({"online": {"vector_enabled": True}}, "vector_enabled"),
+    ({"registry": {"enable_online_feature_view_versioning": True}}, "enable_online_feature_view_versioning"),
+    ({"entity_key_serialization_version": 2}, "entity_key_serialization_version"),
+    ({"online": {"type": "remote", "path": "http://127.0.0.1:9"}}, "online_store type 'remote'"),
+])
+@pytest.mark.filterwarnings("ignore:The serialization version below 3:DeprecationWarning")
+def test_bulk_refuses_sqlite_store_settings(built, tmp_path, settings, setting):
+    store = reconfigure(LtrStore(built[1], store_dir=tmp_path).apply(), **settings)
+    assert_refused(store, f"{setting}.*Fix: use LtrStore.materialize")
+
+
+@pytest.mark.parametrize("changes, setting", [
+    ({"version": "v1"}, "version='v1'"),
+    ({"online": False}, "online=False"),
+    ({"schema": [Field(name="prod_price", dtype=Int64)]}, r"prod_price: Int64"),
+    ({"source_args": {"created_timestamp_column": "prod_price"}}, "created_timestamp_column"),
+    ({"source_args": {"field_mapping": {"price": "prod_price"}}}, "field_mapping"),
+    ({"source": BigQuerySource(name="pf_bq", table="p.d.t", timestamp_field="event_timestamp")}, "BigQuerySource"),
+])
+def test_bulk_refuses_view_definitions(built, tmp_path, changes, setting):
+    store = LtrStore(built[1], store_dir=tmp_path).apply()
+    if "schema" in changes:  # one Int64 feature among the view's Float64 ones
+        changes = {"schema": [f for f in store.objects["product_features"].features if f.name != "prod_price"]
+                   + changes["schema"]}
+    redefine(store, "product_features", **changes)  # after lexical and content: refused before those are written
+    assert_refused(store, f"{setting}.*Fix: use LtrStore.materialize")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda df: df.assign(eng_p_impr_90d=1.0), r"undeclared column\(s\) \['eng_p_impr_90d'\]"),
+    (lambda df: df.drop(columns="eng_p_ctr_28d"), r"lacks \['eng_p_ctr_28d'\]"),
+], ids=["extra-column", "missing-column"])
+def test_bulk_refuses_source_that_disagrees_with_view(built, tmp_path, edit, match):
+    feat = tmp_path / "features"
+    shutil.copytree(built[1], feat, ignore=shutil.ignore_patterns("feast"))
+    path = feat / "engagement_product.parquet"  # the last view written: every view is checked before any write
+    edit(pd.read_parquet(path)).to_parquet(path, index=False)
+    assert_refused(LtrStore(feat, store_dir=tmp_path / "store").apply(), match)
+
+
+def test_bulk_refuses_before_apply(built, tmp_path):
+    store = LtrStore(built[1], store_dir=tmp_path)
+    with pytest.raises(FeatureStoreError, match=r"not registered. Fix: call LtrStore.apply\(\)"):
+        store.bulk_materialize(progress=False)
+    store.apply()
+    (store.store_dir / "online.db").unlink()  # registered, but the online tables are gone
+    with pytest.raises(FeatureStoreError, match=r"online tables .* do not exist"):
+        store.bulk_materialize(progress=False)
+    assert not (store.store_dir / "online.db").exists()
