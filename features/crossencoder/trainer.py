@@ -212,6 +212,160 @@ def _optimizer(model, cfg: CrossEncoderConfig, total: int):
 
 # --- the trainer ---------------------------------------------------------------------------------
 
+class _Model:
+    """The model under training with its tokenised pairs: one forward pass for training and scoring,
+    through the cached frozen bottom layers when they are cached."""
+
+    def __init__(self, model, tok, enc: dict[str, list], cfg: CrossEncoderConfig, n_pairs: int,
+                 progress: bool) -> None:
+        self.model, self.tok, self.enc, self.cfg = model, tok, enc, cfg
+        self.pad = int(tok.pad_token_id or 0)
+        base = getattr(model, model.base_model_prefix, None)
+        self.use_cache = bool(cfg.cache_frozen and cfg.freeze_layers >= 1 and base is not None
+                              and (_is_segment(model) or (getattr(base, "pooler", None) is not None
+                                                          and hasattr(model, "classifier")))
+                              and n_pairs * cfg.max_length * model.config.hidden_size * 4 < 3e9)
+        self.states, self.pooled, self.segs = (
+            _frozen_states(model.eval(), enc, cfg.freeze_layers, self.pad, cfg.batch_size_eval, progress)
+            if self.use_cache else (None, None, None))
+
+    def forward(self, idx: Sequence[int]) -> torch.Tensor:
+        if self.use_cache:
+            return _top_forward(self.model, self.states, idx, self.cfg.freeze_layers, self.segs)
+        return self.model(**_collate(self.enc, idx, self.pad)).logits[:, 0]
+
+    @torch.inference_mode()
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        s = np.empty(len(rows), np.float32)
+        for b in _length_batches([len(self.enc["input_ids"][i]) for i in rows], self.cfg.batch_size_eval):
+            s[b] = self.forward(rows[b]).float().numpy()
+        return s
+
+    def init_head(self, groups: dict[str, np.ndarray], y_all: np.ndarray, progress: bool) -> None:
+        """A fresh cls head starts from a linear probe on frozen features (the segment head needs none)."""
+        m, cfg = self.model, self.cfg
+        if (cfg.init_head != "linear_probe" or _is_segment(m)
+                or not isinstance(getattr(m, "classifier", None), torch.nn.Linear)):
+            return
+        lists = [groups[q] for q in groups]
+        flat_all = np.concatenate(lists)
+        feats = (self.pooled[torch.from_numpy(flat_all)] if self.use_cache else
+                 _pooled_features(m.eval(), self.enc, flat_all, self.pad, cfg.batch_size_eval, progress))
+        _fit_linear_probe(m, feats, lists, y_all, cfg)
+
+
+class _Validation:
+    """Validation NDCG, its history and the best checkpoint so far (the starting point competes too)."""
+
+    def __init__(self, net: _Model, qid_val: np.ndarray, y_val: np.ndarray, val_idx: np.ndarray) -> None:
+        self.net, self.qid, self.y, self.idx = net, qid_val, y_val, val_idx
+        self.trainable = {n for n, p in net.model.named_parameters() if p.requires_grad}
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, Any] = {"ndcg": -1.0, "state": None, "step": 0}
+        self.stale = 0
+        if len(val_idx):
+            v = self._ndcg()
+            self.history.append({"step": 0, "epoch": 0.0, "val_ndcg": v})
+            self._keep(v, 0)
+
+    def _ndcg(self) -> float:
+        return _val_ndcg(self.qid, self.y, self.net.predict(self.idx), self.net.cfg.eval_k)
+
+    def _keep(self, v: float, step: int) -> None:
+        self.best = {"ndcg": v, "step": step, "state": {n: p.detach().clone() for n, p in
+                                                         self.net.model.named_parameters() if n in self.trainable}}
+        self.stale = 0
+
+    def check(self, step: int, epoch: float, train_loss: float) -> bool:
+        """Validate now; True when patience has run out."""
+        v = self._ndcg()
+        self.history.append({"step": step, "epoch": epoch, "val_ndcg": v, "train_loss": train_loss})
+        if v > self.best["ndcg"] + 1e-6:
+            self._keep(v, step)
+            return False
+        self.stale += 1
+        return self.stale >= self.net.cfg.patience
+
+    def restore_best(self) -> None:
+        if self.best["state"] is not None:
+            with torch.no_grad():
+                params = dict(self.net.model.named_parameters())
+                for n, v in self.best["state"].items():
+                    params[n].copy_(v)
+
+
+def _step(net: _Model, idx_lists: list[np.ndarray], y_all: np.ndarray, teacher: np.ndarray | None,
+          opt, sched) -> float:
+    """One optimiser step on a batch of whole query lists; returns the batch loss."""
+    cfg = net.cfg
+    net.model.train()
+    logits = net.forward(np.concatenate(idx_lists))
+    loss, off = logits.new_zeros(()), 0
+    for il in idx_lists:
+        lg = logits[off:off + len(il)]
+        loss = loss + _list_loss(lg, torch.from_numpy(y_all[il]), cfg)
+        if teacher is not None:
+            loss = loss + cfg.distill_weight * _distill_loss(lg, torch.from_numpy(teacher[il]), cfg)
+        off += len(il)
+    loss = loss / len(idx_lists)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for p in net.model.parameters() if p.requires_grad], 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
+def _train(net: _Model, val: _Validation, groups: dict[str, np.ndarray], y_all: np.ndarray,
+           teacher: np.ndarray | None, rng: np.random.Generator, progress: bool) -> tuple[int, bool]:
+    """Epochs of shuffled query batches with validation `evals_per_epoch` times an epoch; (steps, stopped).
+
+    The numpy generator draws the query order, then each query's document sample, in that order: a
+    seed's model is reproducible only while that order holds."""
+    cfg = net.cfg
+    steps_per_epoch = math.ceil(len(groups) / cfg.queries_per_batch)
+    total = steps_per_epoch * cfg.epochs
+    opt, sched = _optimizer(net.model, cfg, total)
+    eval_at = {int(round(steps_per_epoch * (i + 1) / cfg.evals_per_epoch)) for i in range(cfg.evals_per_epoch)}
+    step = 0
+    bar = tqdm(total=total, disable=not progress, desc="fine-tune cross-encoder")
+    try:
+        for epoch in range(cfg.epochs):
+            order = list(groups)
+            rng.shuffle(order)
+            losses: list[float] = []
+            for b in range(steps_per_epoch):
+                batch_q = order[b * cfg.queries_per_batch:(b + 1) * cfg.queries_per_batch]
+                idx_lists = [rng.permutation(groups[q])[:cfg.max_docs_per_query] for q in batch_q]
+                losses.append(_step(net, idx_lists, y_all, teacher, opt, sched))
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                if len(val.idx) and (b + 1) in eval_at and val.check(step, epoch + (b + 1) / steps_per_epoch,
+                                                                      float(np.mean(losses))):
+                    return step, True
+    finally:
+        bar.close()
+    return step, False
+
+
+def _metadata(cfg: CrossEncoderConfig, seed: int, pairs: pd.DataFrame, val_q: set[str], explicit_val: bool,
+              metrics: dict[str, Any], history: list[dict[str, float]]) -> dict[str, Any]:
+    """What the saved folder says about itself; the version is a hash of config, seed and data."""
+    cfg_json = cfg.model_dump(mode="json")
+    data_fp = _fingerprint(pairs)
+    key = [cfg_json, seed, data_fp] + ([sorted(val_q)] if explicit_val else [])
+    return {"format_version": FORMAT_VERSION,
+            "version": "ce-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10],
+            "kind": "cross-encoder", "base_model": str(cfg.base_model or default_encoder_path()), "seed": seed,
+            "config": cfg_json,
+            "text": {"fields": list(cfg.text_fields), "max_bullet_chars": cfg.max_bullet_chars,
+                     "max_description_chars": cfg.max_description_chars},
+            "data_fingerprint": data_fp, "metrics": metrics, "history": history,
+            "val_query_ids": sorted(val_q), "created_at": pd.Timestamp.now(tz="UTC").isoformat()}
+
+
 def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, queries_df: pd.DataFrame,
                             out_dir: str | Path, cfg: CrossEncoderConfig | None = None, seed: int = 0,
                             progress: bool = True, val_query_ids: Sequence[str] | None = None) -> dict[str, Any]:
@@ -222,15 +376,11 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
     validation queries instead (e.g. the human-judged ones when the rest are LLM labels of another
     catalogue), overriding `cfg.val_fraction`. Returns the metadata dict
     (also written to out_dir/ltr_cross_encoder.json): version, path, config, metrics.
-    Logged to MLflow when a run is active.
-
-    One function on purpose: the frozen-bottom cache, the validation closure, the best checkpoint and
-    the seeded RNG streams (torch for the head's init and dropout, numpy for query order and doc
-    sampling) share state, and keeping their order in one place keeps a seed's model reproducible.
+    Logged to MLflow when a run is active. The seeded streams (torch for the head's init and dropout,
+    numpy for query order and document sampling) are drawn in a fixed order, so a seed's model is
+    reproducible.
     """
-    cfg = cfg or CrossEncoderConfig()
-    if not isinstance(cfg, CrossEncoderConfig):
-        cfg = CrossEncoderConfig.model_validate(cfg)
+    cfg = cfg if isinstance(cfg, CrossEncoderConfig) else CrossEncoderConfig.model_validate(cfg or {})
     t0 = time.time()
     pairs = _check_pairs(pairs_df)
     qs, ts = pair_texts(pairs, products_df, queries_df, **cfg.text_kwargs())
@@ -238,144 +388,38 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-
     train_q, val_q = _train_val_queries(pairs["query_id"], cfg, seed, val_query_ids)
     is_val = pairs["query_id"].isin(val_q).to_numpy()
     model, tok = load_base_cross_encoder(cfg.base_model, cfg.max_length, cfg)
     _freeze(model, cfg.freeze_layers)
     enc = _tokenize_pairs(tok, qs, ts, cfg.max_length)
     y_all = pairs["score"].to_numpy(np.float32)
-
     teacher = None
     if cfg.distill_weight > 0:
         from ..biencoder import BiEncoder
         teacher = BiEncoder(cfg.distill_teacher or cfg.base_model, max_length=128).cosine(qs, ts, progress=progress)
-
-    groups: dict[str, np.ndarray] = {q: np.flatnonzero((pairs["query_id"] == q).to_numpy() & ~is_val)
-                                     for q in sorted(train_q)}
-    pad = int(tok.pad_token_id or 0)
-    steps_per_epoch = math.ceil(len(groups) / cfg.queries_per_batch)
-    total = steps_per_epoch * cfg.epochs
-    opt, sched = _optimizer(model, cfg, total)
-    eval_at = {int(round(steps_per_epoch * (i + 1) / cfg.evals_per_epoch)) for i in range(cfg.evals_per_epoch)}
+    groups = {q: np.flatnonzero((pairs["query_id"] == q).to_numpy() & ~is_val) for q in sorted(train_q)}
+    net = _Model(model, tok, enc, cfg, len(pairs), progress)
+    net.init_head(groups, y_all, progress)
     val_idx = np.flatnonzero(is_val)
-
-    base = getattr(model, model.base_model_prefix, None)
-    use_cache = bool(cfg.cache_frozen and cfg.freeze_layers >= 1 and base is not None
-                     and (_is_segment(model) or (getattr(base, "pooler", None) is not None
-                                                 and hasattr(model, "classifier")))
-                     and len(pairs) * cfg.max_length * model.config.hidden_size * 4 < 3e9)
-    states, pooled, segs = (_frozen_states(model.eval(), enc, cfg.freeze_layers, pad, cfg.batch_size_eval,
-                                           progress) if use_cache else (None, None, None))
-
-    def forward(idx: Sequence[int]) -> torch.Tensor:
-        if use_cache:
-            return _top_forward(model, states, idx, cfg.freeze_layers, segs)
-        return model(**_collate(enc, idx, pad)).logits[:, 0]
-
-    @torch.inference_mode()
-    def predict(rows: np.ndarray) -> np.ndarray:
-        model.eval()
-        s = np.empty(len(rows), np.float32)
-        for b in _length_batches([len(enc["input_ids"][i]) for i in rows], cfg.batch_size_eval):
-            s[b] = forward(rows[b]).float().numpy()
-        return s
-
-    def validate() -> float:
-        return _val_ndcg(pairs["query_id"].to_numpy()[val_idx], y_all[val_idx], predict(val_idx), cfg.eval_k)
-
-    if (cfg.init_head == "linear_probe" and not _is_segment(model)
-            and isinstance(getattr(model, "classifier", None), torch.nn.Linear)):
-        lists = [groups[q] for q in groups]
-        flat_all = np.concatenate(lists)
-        feats = (pooled[torch.from_numpy(flat_all)] if use_cache else
-                 _pooled_features(model.eval(), enc, flat_all, pad, cfg.batch_size_eval, progress))
-        _fit_linear_probe(model, feats, lists, y_all, cfg)
-
-    history: list[dict[str, float]] = []
-    best = {"ndcg": -1.0, "state": None, "step": 0}
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    if len(val_idx):
-        base_ndcg = validate()  # the starting point (linear-probe head) competes for "best" too
-        history.append({"step": 0, "epoch": 0.0, "val_ndcg": base_ndcg})
-        best = {"ndcg": base_ndcg, "step": 0,
-                "state": {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable}}
-    stale, step, stopped = 0, 0, False
-    bar = tqdm(total=total, disable=not progress, desc="fine-tune cross-encoder")
-    for epoch in range(cfg.epochs):
-        order = list(groups)
-        rng.shuffle(order)
-        losses = []
-        for b in range(steps_per_epoch):
-            model.train()
-            batch_q = order[b * cfg.queries_per_batch:(b + 1) * cfg.queries_per_batch]
-            idx_lists = [rng.permutation(groups[q])[:cfg.max_docs_per_query] for q in batch_q]
-            flat = np.concatenate(idx_lists)
-            logits = forward(flat)
-            loss, off = logits.new_zeros(()), 0
-            for il in idx_lists:
-                lg = logits[off:off + len(il)]
-                loss = loss + _list_loss(lg, torch.from_numpy(y_all[il]), cfg)
-                if teacher is not None:
-                    loss = loss + cfg.distill_weight * _distill_loss(lg, torch.from_numpy(teacher[il]), cfg)
-                off += len(il)
-            loss = loss / len(idx_lists)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            if len(val_idx) and (b + 1) in eval_at:
-                v = validate()
-                history.append({"step": step, "epoch": epoch + (b + 1) / steps_per_epoch, "val_ndcg": v,
-                                "train_loss": float(np.mean(losses))})
-                if v > best["ndcg"] + 1e-6:
-                    best = {"ndcg": v, "step": step,
-                            "state": {n: p.detach().clone() for n, p in model.named_parameters()
-                                      if n in trainable}}
-                    stale = 0
-                else:
-                    stale += 1
-                    if stale >= cfg.patience:
-                        stopped = True
-                        break
-        if stopped:
-            break
-    bar.close()
-    if best["state"] is not None:
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for n, v in best["state"].items():
-                params[n].copy_(v)
+    val = _Validation(net, pairs["query_id"].to_numpy()[val_idx], y_all[val_idx], val_idx)
+    step, stopped = _train(net, val, groups, y_all, teacher, rng, progress)
+    val.restore_best()
     model.eval()
     calibration = None
     if _is_segment(model):
         train_idx = np.flatnonzero(~is_val)
-        calibration = _calibrate_segment_head(model, predict(train_idx), y_all[train_idx])
+        calibration = _calibrate_segment_head(model, net.predict(train_idx), y_all[train_idx])
     for p in model.parameters():
         p.requires_grad_(True)
-
-    cfg_json = cfg.model_dump(mode="json")
-    data_fp = _fingerprint(pairs)
-    key = [cfg_json, seed, data_fp] + ([sorted(val_q)] if val_query_ids is not None else [])
-    version = "ce-" + hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
-    metrics = {"val_ndcg_at_k": best["ndcg"] if len(val_idx) else None,
-               "val_ndcg_at_k_before": history[0]["val_ndcg"] if len(val_idx) else None,
-               "best_step": best["step"], "steps": step, "early_stopped": stopped,
+    metrics = {"val_ndcg_at_k": val.best["ndcg"] if len(val_idx) else None,
+               "val_ndcg_at_k_before": val.history[0]["val_ndcg"] if len(val_idx) else None,
+               "best_step": val.best["step"], "steps": step, "early_stopped": stopped,
                "n_train_pairs": int((~is_val).sum()), "n_val_pairs": int(is_val.sum()),
                "n_train_queries": len(train_q), "n_val_queries": len(val_q),
                "train_seconds": round(time.time() - t0, 2), "calibration": calibration}
+    meta = _metadata(cfg, seed, pairs, val_q, val_query_ids is not None, metrics, val.history)
     out_dir = Path(out_dir)
-    meta = {"format_version": FORMAT_VERSION, "version": version, "kind": "cross-encoder",
-            "base_model": str(cfg.base_model or default_encoder_path()), "seed": seed, "config": cfg_json,
-            "text": {"fields": list(cfg.text_fields), "max_bullet_chars": cfg.max_bullet_chars,
-                     "max_description_chars": cfg.max_description_chars},
-            "data_fingerprint": data_fp, "metrics": metrics, "history": history,
-            "val_query_ids": sorted(val_q), "created_at": pd.Timestamp.now(tz="UTC").isoformat()}
     _atomic_save(model, tok, meta, out_dir)
     meta["path"] = str(out_dir.resolve())
     _log_mlflow(meta, out_dir)
