@@ -1,12 +1,17 @@
 """SQLite label cache: one row committed per graded pair, the moment it returns.
 
 Key = (backend, model, prompt_version, query, product-text hash). A killed run resumes from here and
-never pays twice for a stored pair; a changed product text or prompt version is a different key.
+never pays twice for a stored pair; a changed product text or prompt version is a different key. An
+LLM backend's output mode (JSON schema, samples, ...) is in its backend name, so a grade obtained one way
+never answers for another, while the plain chat+logprobs mode keeps the name `openai` and older caches.
+`output_mode` (how the distribution was obtained) is stored beside each row; caches from before it was
+added get the column on open, NULL for their rows.
 WAL mode so a reader (a progress report, a second process) never blocks the writer, and a crash
 mid-write leaves the last committed row intact.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sqlite3
 import threading
@@ -27,8 +32,11 @@ CREATE TABLE IF NOT EXISTS labels (
     p0 REAL NOT NULL, p1 REAL NOT NULL, p2 REAL NOT NULL, p3 REAL NOT NULL,
     hard_grade INTEGER,
     tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL, cost REAL NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    output_mode TEXT
 )"""
+_COLUMNS = ("key", "backend", "model", "prompt_version", "query", "text_hash", "query_id", "product_id",
+            "p0", "p1", "p2", "p3", "hard_grade", "tokens_in", "tokens_out", "cost", "created_at", "output_mode")
 
 
 def cache_key(backend: str, model: str, prompt_version: str, query: str, text_hash: str) -> str:
@@ -46,6 +54,9 @@ class LabelCache:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(labels)")}
+            if "output_mode" not in have:  # a cache written before output modes existed
+                self._db.execute("ALTER TABLE labels ADD COLUMN output_mode TEXT")
             self._db.commit()
         except sqlite3.DatabaseError as e:
             raise ValueError(f"label cache {self.path} is not a usable SQLite database ({e}). Fix: point "
@@ -65,23 +76,26 @@ class LabelCache:
         with self._lock:
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
-                q = f"SELECT key, p0, p1, p2, p3, hard_grade, tokens_in, tokens_out, cost FROM labels " \
-                    f"WHERE key IN ({','.join('?' * len(chunk))})"
-                for k, p0, p1, p2, p3, hg, ti, to, c in self._db.execute(q, chunk):
+                q = f"SELECT key, p0, p1, p2, p3, hard_grade, tokens_in, tokens_out, cost, output_mode FROM " \
+                    f"labels WHERE key IN ({','.join('?' * len(chunk))})"
+                for k, p0, p1, p2, p3, hg, ti, to, c, om in self._db.execute(q, chunk):
                     pr = by_key[k][0]
                     out[k] = LabelResult(pr.query_id, pr.product_id, (p0, p1, p2, p3), backend, model,
-                                         prompt_version, ti, to, c, hg)
+                                            prompt_version, ti, to, c, hg, output_mode=om)
         return out
 
     def put(self, pair: Pair, r: LabelResult) -> None:
         """Commit one graded pair now (INSERT OR IGNORE: the first stored grade wins)."""
-        k = self.key(r.backend, r.model, r.prompt_version, pair)
+        self.put_fields(pair.query, pair.text_hash, pair.query_id, pair.product_id, r)
+
+    def put_fields(self, query: str, text_hash: str, query_id: str, product_id: str, r: LabelResult) -> None:
+        """`put` for a pair known only by its stored fields (a Batch API result whose dataset row is gone)."""
+        k = cache_key(r.backend, r.model, r.prompt_version, query, text_hash)
         with self._lock:
             self._db.execute(
-                "INSERT OR IGNORE INTO labels VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (k, r.backend, r.model, r.prompt_version, normalize_query(pair.query), pair.text_hash,
-                 pair.query_id, pair.product_id, *r.probs, r.hard_grade, r.tokens_in, r.tokens_out, r.cost,
-                 time.time()))
+                f"INSERT OR IGNORE INTO labels ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})",
+                (k, r.backend, r.model, r.prompt_version, normalize_query(query), text_hash, query_id, product_id,
+                 *r.probs, r.hard_grade, r.tokens_in, r.tokens_out, r.cost, time.time(), r.output_mode))
             self._db.commit()
 
     def count(self) -> int:
@@ -138,8 +152,7 @@ def grade_with_cache(backend, pairs: list[Pair], cache: LabelCache | None, on_ne
     finally:
         for i, (k, p) in enumerate(zip(keys, pairs)):
             r = hit.get(k) or fresh.get(k)
-            if r is not None:
-                results[i] = LabelResult(p.query_id, p.product_id, r.probs, r.backend, r.model, r.prompt_version,
-                                         r.tokens_in, r.tokens_out, r.cost, r.hard_grade)
+            if r is not None:  # re-addressed to this pair; a subclass keeps its own fields (output_mode)
+                results[i] = dataclasses.replace(r, query_id=p.query_id, product_id=p.product_id)
     n_cached = sum(1 for k in keys if k in hit)
     return results, n_cached, len(fresh)

@@ -7,7 +7,7 @@ keeps the grade of the last tier that graded it). `stats` says how many pairs ea
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from .backends.base import Backend, LabelResult, OnResult, Pair
@@ -72,8 +72,7 @@ class CascadeBackend(Backend):
         out = []
         for i in sorted(final):
             r = final[i]
-            fr = LabelResult(r.query_id, r.product_id, r.probs, f"cascade/{r.backend}", r.model, r.prompt_version,
-                             r.tokens_in, r.tokens_out, spent[i], r.hard_grade)
+            fr = replace(r, backend=f"cascade/{r.backend}", cost=spent[i])  # keeps its tier's output_mode
             out.append(fr)
             if on_result:
                 on_result(pairs[i], fr)

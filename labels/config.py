@@ -13,7 +13,20 @@ from ltr.data.config import StrictConfig
 
 from .prompts import DEFAULT_PROMPT_VERSION, PROMPTS
 
-BackendName = Literal["grader", "openai", "causal_lm", "imported", "cascade"]
+BackendName = Literal["grader", "openai", "causal_lm", "imported", "cascade", "judges"]
+
+
+class ProfileSettings(StrictConfig):
+    """Overrides of the request shape guessed from the model name (see labels/model_profiles.py): an
+    Azure deployment or a local alias may hide that a model is a reasoning model. `profile: reasoning`
+    is short for `profile: {kind: reasoning}`."""
+
+    kind: Literal["auto", "chat", "reasoning"] = "auto"
+    token_param: Literal["max_tokens", "max_completion_tokens"] | None = None
+    temperature: bool | None = Field(None, description="whether the request may carry a temperature")
+    logprobs: bool | None = Field(None, description="whether the server returns token logprobs")
+    reasoning_effort: Literal["omit", "none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
+        None, description="None: the profile's default (low for reasoning models); omit: send none")
 
 
 class OpenAISettings(StrictConfig):
@@ -21,20 +34,58 @@ class OpenAISettings(StrictConfig):
     model: str = "gpt-4o-mini"
     api_key: str | None = Field(None, description="prefer api_key_env; never written to outputs")
     api_key_env: str = "OPENAI_API_KEY"
+    azure_endpoint: str | None = Field(None, description="Azure OpenAI resource, e.g. https://RES.openai.azure."
+                                       "com; `model` is then the deployment name; needs api_version")
+    api_version: str | None = Field(None, description="Azure OpenAI api-version, e.g. 2024-10-21")
     concurrency: int = Field(8, ge=1, le=512)
     requests_per_second: float | None = Field(None, gt=0)
     max_retries: int = Field(5, ge=0, le=20)
     timeout_s: float = Field(30.0, gt=0)
     backoff_base_s: float = Field(0.5, ge=0)
-    backoff_max_s: float = Field(20.0, ge=0)
-    max_tokens: int = Field(4, ge=1, le=512)
+    backoff_max_s: float = Field(20.0, ge=0, description="cap of our own exponential backoff")
+    retry_after_max_s: float = Field(120.0, ge=0, description="longest server-requested wait (Retry-After, "
+                                     "retry-after-ms) honoured; a longer one fails the pair at once")
+    max_tokens: int | None = Field(None, ge=1, le=65536, description="output budget; None: 4 for a digit, "
+                                   "256 for a JSON answer, 2048 for a reasoning model")
     top_logprobs: int = Field(10, ge=0, le=20)
-    temperature: float = Field(0.0, ge=0, le=2)
+    temperature: float = Field(0.0, ge=0, le=2, description="sent only where the profile allows one")
+    profile: ProfileSettings = Field(default_factory=ProfileSettings)
+    output: Literal["auto", "logprobs", "json_schema", "text"] = Field(
+        "auto", description="auto: logprobs where the profile has them, else the structured (JSON) answer")
+    structured_via: Literal["response_format", "guided_json", "json_schema"] = Field(
+        "response_format", description="how the JSON schema is sent: OpenAI/Azure/Ollama/vLLM response_format, "
+                                       "vLLM's guided_json or llama.cpp's json_schema field")
+    samples: int = Field(1, ge=1, le=32, description="n answers per pair, averaged into the distribution")
     extra_body: dict[str, Any] = Field(
         default_factory=dict,
         description="server-specific request fields merged into every request, e.g. llama.cpp "
                     "{'grammar': 'root ::= [0-3]'} or vLLM {'guided_choice': ['0','1','2','3']}",
     )
+
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _profile_shorthand(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
+
+    def model_profile(self):
+        """The resolved `ModelProfile` (model name + overrides)."""
+        from .model_profiles import profile_for
+        return profile_for(self.model, **self.profile.model_dump())
+
+    def output_mode(self) -> str:
+        from .model_profiles import output_mode
+        return output_mode(self.model_profile(), self.output, self.samples)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "OpenAISettings":
+        prof = self.model_profile()
+        self.output_mode()  # raises with the fix when the output needs logprobs the profile lacks
+        if self.samples > 1 and prof.temperature and self.temperature == 0:
+            raise ValueError(f"samples: {self.samples} at temperature 0 draws {self.samples} identical answers. "
+                             "Fix: set temperature (e.g. 1.0), or samples: 1.")
+        if self.azure_endpoint and not self.api_version:
+            raise ValueError("azure_endpoint needs api_version (e.g. 2024-10-21). Fix: set openai.api_version.")
+        return self
 
 
 class CausalLMSettings(StrictConfig):
@@ -114,6 +165,45 @@ class CascadeSettings(StrictConfig):
     tiers: list[TierConfig] = Field(..., min_length=1)
 
 
+class JudgeConfig(StrictConfig):
+    """One judge of several: a backend with its own settings and, optionally, its own prompt version."""
+
+    name: str | None = Field(None, description="label in the agreement report; default backend:model")
+    backend: Literal["openai", "grader", "causal_lm"] = "openai"
+    openai: OpenAISettings | None = None
+    causal_lm: CausalLMSettings | None = None
+    grader: GraderConfig | None = None
+    prompt_version: str | None = Field(None, description="default: labels.prompt_version")
+
+    @field_validator("prompt_version")
+    @classmethod
+    def _known_prompt(cls, v: str | None) -> str | None:
+        if v is not None and v not in PROMPTS:
+            raise ValueError(f"unknown prompt_version {v!r}; known: {sorted(PROMPTS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _needs(self) -> "JudgeConfig":
+        if self.backend == "causal_lm" and self.causal_lm is None:
+            raise ValueError("a causal_lm judge needs a causal_lm section. Fix: add causal_lm: {path: <a local "
+                             "model dir>} to this judge.")
+        return self
+
+
+class BatchSettings(StrictConfig):
+    """The OpenAI Batch API (`ltr label --batch`): half the price, results within the completion window."""
+
+    enabled: bool = Field(False, description="grade through the Batch API (the CLI's --batch sets it)")
+    poll_s: float = Field(30.0, gt=0, description="seconds between status polls")
+    max_wait_s: float | None = Field(None, gt=0, description="stop polling after this long; a re-run "
+                                     "resumes the same batch (its id is kept in the cache file)")
+    completion_window: Literal["24h"] = "24h"
+    price_factor: float = Field(0.5, gt=0, le=1, description="batch price / live price (OpenAI: 0.5)")
+    max_requests: int = Field(50_000, ge=1, description="requests per batch (OpenAI's limit: 50,000)")
+    retry_failed: Literal["live", "report"] = Field(
+        "live", description="failed lines: grade again live (429/5xx/expired only), or only report them")
+
+
 class LabelConfig(StrictConfig):
     backend: BackendName = "grader"
     prompt_version: str = DEFAULT_PROMPT_VERSION
@@ -125,6 +215,9 @@ class LabelConfig(StrictConfig):
     causal_lm: CausalLMSettings | None = None
     imported: ImportedSettings | None = None
     cascade: CascadeSettings | None = None
+    judges: list[JudgeConfig] = Field(default_factory=list, description="backend 'judges': who grades")
+    combine: Literal["mean", "majority"] = Field("mean", description="judges: mean distribution or majority vote")
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     calibrate: bool = Field(True, description="report agreement with the dataset's human judgments")
 
     @field_validator("prompt_version")
@@ -142,4 +235,10 @@ class LabelConfig(StrictConfig):
             raise ValueError("backend 'imported' needs an imported section with `path` and `format`")
         if self.backend == "cascade" and self.cascade is None:
             raise ValueError("backend 'cascade' needs a cascade section with `tiers`")
+        if self.backend == "judges" and len(self.judges) < 2:
+            raise ValueError("backend 'judges' needs a `judges` list of at least two judges (each with a backend "
+                             "and its settings). Fix: add labels.judges entries, or use a single backend.")
+        if self.batch.enabled and self.backend != "openai":
+            raise ValueError(f"batch grading needs backend 'openai' (got {self.backend!r}). Fix: set "
+                             "labels.backend: openai, or drop --batch / labels.batch.enabled.")
         return self

@@ -17,20 +17,42 @@ PRICES: dict[str, tuple[float, float]] = {
     "gpt-4.1": (2.00, 8.00),
     "gpt-4.1-mini": (0.40, 1.60),
     "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-5": (1.25, 10.00),
     "gpt-5-mini": (0.25, 2.00),
     "gpt-5-nano": (0.05, 0.40),
+    "o3": (2.00, 8.00),
+    "o4-mini": (1.10, 4.40),
 }
 
+#: the Batch API bills input and output at half the live price (results within 24 h)
+BATCH_PRICE_FACTOR = 0.5
 
-def price_for(model: str, prices: dict[str, tuple[float, float]] | None = None) -> tuple[float, float]:
-    """Price per 1M tokens; an unknown model is free (local servers) - configure `prices` to bill it."""
-    table = {**PRICES, **(prices or {})}
+
+def _lookup(model: str, table: dict[str, tuple[float, float]]) -> tuple[float, float] | None:
     if model in table:
         return tuple(table[model])  # type: ignore[return-value]
     for name in sorted(table, key=len, reverse=True):  # dated variants: gpt-4o-mini-2024-07-18
         if model.startswith(name + "-"):
             return tuple(table[name])  # type: ignore[return-value]
-    return (0.0, 0.0)
+    return None
+
+
+def price_for(model: str, prices: dict[str, tuple[float, float]] | None = None) -> tuple[float, float]:
+    """Price per 1M tokens; an unknown model is free (local servers) - configure `prices` to bill it."""
+    live = {k: v for k, v in (prices or {}).items() if not k.startswith("batch:")}
+    return _lookup(model, {**PRICES, **live}) or (0.0, 0.0)
+
+
+def batch_price_for(model: str, prices: dict[str, tuple[float, float]] | None = None,
+                    factor: float = BATCH_PRICE_FACTOR) -> tuple[float, float]:
+    """Batch API price per 1M tokens: an explicit `batch:<model>` entry in `prices` wins (a provider whose
+    discount differs), else the live price times `factor`."""
+    explicit = _lookup(model, {k.removeprefix("batch:"): v for k, v in (prices or {}).items()
+                               if k.startswith("batch:")})
+    if explicit is not None:
+        return explicit
+    pin, pout = price_for(model, prices)
+    return pin * factor, pout * factor
 
 
 def estimate_tokens(text: str) -> int:

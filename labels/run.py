@@ -25,7 +25,7 @@ from ltr.data.schemas import LABELS
 from .backends.base import Backend, LabelerError, Pair
 from .cache import LabelCache, grade_with_cache
 from .calibration import calibrate
-from .config import LabelConfig, TierConfig
+from .config import JudgeConfig, LabelConfig, TierConfig
 from .cost import CostMeter
 
 __all__ = ["label_pairs", "calibrate", "build_pairs", "make_backend", "fit_grader_on_dataset"]
@@ -63,14 +63,18 @@ def fit_grader_on_dataset(ds: Dataset, out_dir: Path, cfg: LabelConfig, holdout_
     return d, held
 
 
-def _single(kind: str, section: Any, cfg: LabelConfig, meter: CostMeter, grader_dir: Path | None) -> Backend:
+def _single(kind: str, section: Any, cfg: LabelConfig, meter: CostMeter, grader_dir: Path | None,
+            prompt_version: str | None = None) -> Backend:
     if kind == "openai":
         from .backends.openai import OpenAIBackend
-        return OpenAIBackend(section or cfg.openai, cfg.prompt_version, meter, cfg.prices)
+        return OpenAIBackend(section or cfg.openai, prompt_version or cfg.prompt_version, meter, cfg.prices,
+                             cfg.batch.price_factor)
     if kind == "causal_lm":
         from .backends.causal_lm import CausalLMBackend
         s = section or cfg.causal_lm
-        return CausalLMBackend(s.path, cfg.prompt_version, s.batch_size, s.max_length)
+        if s is None:
+            raise ValueError("a causal_lm backend needs a causal_lm section with `path` (a local model dir)")
+        return CausalLMBackend(s.path, prompt_version or cfg.prompt_version, s.batch_size, s.max_length)
     if kind == "grader":
         from .backends.grader import GraderBackend
         d = (section.dir if section is not None and section.dir else None) or cfg.grader.dir or grader_dir
@@ -92,14 +96,27 @@ def make_backend(cfg: LabelConfig, meter: CostMeter, cache: LabelCache | None, g
             tiers.append(Tier(_single(t.backend, sec, cfg, meter, grader_dir), t.escalate_if_margin_below,
                               t.escalate_if_entropy_above))
         return CascadeBackend(tiers, cache)
+    if cfg.backend == "judges":
+        return _judges(cfg, meter, cache, grader_dir)
     return _single(cfg.backend, None, cfg, meter, grader_dir)
+
+
+def _judges(cfg: LabelConfig, meter: CostMeter, cache: LabelCache | None, grader_dir: Path | None) -> Backend:
+    from .judges import JudgesBackend
+    judges = []
+    for j in cfg.judges:
+        j: JudgeConfig
+        sec = {"openai": j.openai, "causal_lm": j.causal_lm, "grader": j.grader}[j.backend]
+        be = _single(j.backend, sec, cfg, meter, grader_dir, j.prompt_version)
+        judges.append((j.name or f"{be.name}:{be.model}@{be.prompt_version}", be))
+    return JudgesBackend(judges, cfg.combine, cache)
 
 
 def _labels_frame(pairs: list[Pair], results, created: pd.Timestamp) -> pd.DataFrame:
     rows = [(r.query_id, r.product_id, min(1.0, max(0.0, r.score)), *r.probs, r.backend, r.model, r.prompt_version,
-             r.cost, r.grade) for r in results if r is not None]
+             r.cost, r.output_mode, r.grade) for r in results if r is not None]
     df = pd.DataFrame(rows, columns=["query_id", "product_id", "score", "p0", "p1", "p2", "p3", "backend", "model",
-                                     "prompt_version", "cost", "grade"])
+                                     "prompt_version", "cost", "output_mode", "grade"])
     df.insert(len(df.columns) - 1, "created_at", created)
     return df.sort_values(["query_id", "product_id"]).reset_index(drop=True)
 
@@ -115,7 +132,24 @@ def _import_only(ds: Dataset, out_path: Path, cfg: LabelConfig, summary: dict[st
     return summary
 
 
-def _grade_all(backend: Backend, pairs: list[Pair], cache: LabelCache, meter: CostMeter, cascade: bool,
+def _grade_batch(backend: Backend, pairs: list[Pair], cache: LabelCache, cfg: LabelConfig, bar,
+                 summary: dict[str, Any]) -> tuple[list, int, int]:
+    """Through the Batch API; then every pair's label, new or old, from the cache."""
+    from .backends.openai import OpenAIBackend
+    from .batch import grade_in_batches
+    assert isinstance(backend, OpenAIBackend)
+    n_cached = len(cache.get_many(backend.name, backend.model, backend.prompt_version, pairs))
+    bar.update(n_cached)
+    rep = grade_in_batches(backend, pairs, cache, cfg.batch, progress=bar.update)
+    summary["batch"] = rep
+    backend.stopped_reason = rep["stopped_reason"] or ("batch_pending" if rep["pending"] else None)
+    hit = cache.get_many(backend.name, backend.model, backend.prompt_version, pairs)
+    results = [hit.get(cache.key(backend.name, backend.model, backend.prompt_version, p)) for p in pairs]
+    return results, sum(r is not None for r in results) - rep["from_batch"] - rep["retried_live"], \
+        rep["from_batch"] + rep["retried_live"]
+
+
+def _grade_all(backend: Backend, pairs: list[Pair], cache: LabelCache, meter: CostMeter, cfg: LabelConfig,
                progress: bool, summary: dict[str, Any]) -> tuple[list, int | None, int | None]:
     """(results aligned with pairs, from cache, graded now); a failure says how much is safe in the cache."""
     from tqdm.auto import tqdm
@@ -126,9 +160,11 @@ def _grade_all(backend: Backend, pairs: list[Pair], cache: LabelCache, meter: Co
         bar.set_postfix_str(meter.postfix(), refresh=False)
 
     try:
-        if cascade:  # tiers cache themselves
+        if cfg.batch.enabled:
+            return _grade_batch(backend, pairs, cache, cfg, bar, summary)
+        if cfg.backend in ("cascade", "judges"):  # tiers / judges cache themselves
             done = {(r.query_id, r.product_id): r for r in backend.grade(pairs, on_result=on_new)}
-            summary["tiers"] = backend.stats  # type: ignore[attr-defined]
+            summary["tiers" if cfg.backend == "cascade" else "judges"] = backend.stats  # type: ignore[attr-defined]
             return [done.get((p.query_id, p.product_id)) for p in pairs], None, None
         results, n_cached, n_new = grade_with_cache(backend, pairs, cache, on_new=on_new)
         bar.update(n_cached)
@@ -172,7 +208,8 @@ def label_pairs(dataset_dir: str | Path, out_path: str | Path, cfg: LabelConfig 
     pairs = build_pairs(ds)
     held: set[str] | None = None
     grader_dir = None
-    uses_grader = cfg.backend == "grader" or (cfg.cascade and any(t.backend == "grader" for t in cfg.cascade.tiers))
+    uses_grader = cfg.backend == "grader" or any(t.backend == "grader" for t in
+                                                  [*(cfg.cascade.tiers if cfg.cascade else []), *cfg.judges])
     if uses_grader and not cfg.grader.dir:
         grader_dir, held = fit_grader_on_dataset(ds, out_dir, cfg)
         summary["grader_fitted"] = {"dir": str(grader_dir), "heldout_queries": len(held)}
@@ -181,8 +218,7 @@ def label_pairs(dataset_dir: str | Path, out_path: str | Path, cfg: LabelConfig 
     try:
         backend = make_backend(cfg, meter, cache, grader_dir)
         summary["model"] = backend.model
-        results, n_cached, n_new = _grade_all(backend, pairs, cache, meter, cfg.backend == "cascade", progress,
-                                              summary)
+        results, n_cached, n_new = _grade_all(backend, pairs, cache, meter, cfg, progress, summary)
         valid = write_table(_labels_frame(pairs, results, pd.Timestamp.now(tz="UTC").floor("s")), out_path, LABELS)
     finally:
         cache.close()
@@ -192,6 +228,11 @@ def label_pairs(dataset_dir: str | Path, out_path: str | Path, cfg: LabelConfig 
                    seconds=round(time.perf_counter() - t0, 2))
     if cfg.calibrate and len(valid):
         summary["calibration"] = _calibration(valid, ds, held, out_path)
+    if cfg.backend == "judges":
+        from .judges import agreement
+        jud = ds.judgments if held is None else ds.judgments[ds.judgments["query_id"].isin(held)]
+        summary["judges_agreement"] = agreement(backend.per_judge, results,  # type: ignore[attr-defined]
+                                                jud if cfg.calibrate else None)
     (out_dir / f"{out_path.stem}.summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
@@ -207,8 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", help="labels parquet to write")
     ap.add_argument("--config", help="LabelConfig as YAML (JSON is YAML too)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--batch", action="store_true", help="grade through the OpenAI Batch API (half price)")
     a = ap.parse_args(argv)
-    s = label_pairs(a.dataset, a.out, _load_cfg(a.config), progress=not a.no_progress)
+    cfg = _load_cfg(a.config)
+    if a.batch:
+        cfg = cfg.model_validate({**cfg.model_dump(), "batch": {**cfg.batch.model_dump(), "enabled": True}})
+    s = label_pairs(a.dataset, a.out, cfg, progress=not a.no_progress)
     print(json.dumps(s, indent=2, default=str))
     return 0
 

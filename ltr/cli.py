@@ -118,15 +118,22 @@ def label(ctx: typer.Context,
           config: Optional[Path] = ConfigOpt, seed: Optional[int] = SeedOpt,
           backend: Optional[str] = typer.Option(None, help="grader | openai | causal_lm | cascade | imported"),
           max_dollars: Optional[float] = typer.Option(None, "--max-dollars",
-                                                      help="Stop before spending more.")) -> None:
+                                                      help="Stop before spending more."),
+          batch: bool = typer.Option(False, "--batch", help="Grade through the OpenAI Batch API (half price, "
+                                     "within 24 h); a re-run resumes the batch recorded in the cache.")) -> None:
     """Grade every candidate pair of a dataset (cached, resumable, cost-accounted); write the labels table."""
     if ctx.invoked_subcommand is not None:
         return
     if dataset is None or out is None:
         _fail("`ltr label` needs --dataset DIR and --out FILE.parquet (or a subcommand: `ltr label calibrate`).")
     from labels.run import label_pairs
-    cfg = _config(config, seed, **{"labels.backend": backend, "labels.max_dollars": max_dollars})
-    _echo_json(label_pairs(dataset, out, cfg.labels))
+    cfg = _config(config, seed, **{"labels.backend": backend, "labels.max_dollars": max_dollars,
+                                   "labels.batch.enabled": True if batch else None})
+    from labels.backends.base import LabelerError
+    try:
+        _echo_json(label_pairs(dataset, out, cfg.labels))
+    except LabelerError as e:  # the message names the pair, the cause and the fix; graded pairs stay cached
+        _fail(str(e))
 
 
 @label_app.command("calibrate")

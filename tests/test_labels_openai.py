@@ -133,6 +133,43 @@ def test_http_4xx_is_not_retried():
         assert srv.received == 0 and be.stats["retries"] == 0
 
 
+def test_server_down_is_retried_then_a_clear_error(tmp_path):
+    """Connection refused: our retries (the client's own are off: one request per attempt), then the fix."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    s = OpenAISettings(base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key="k", max_retries=2,
+                       backoff_base_s=0.01, backoff_max_s=0.02)
+    be = OpenAIBackend(s)
+    cache = LabelCache(tmp_path / "c.sqlite")
+    with pytest.raises(LabelerError, match="gave up.*3 attempts: connection error.*Fix"):
+        grade_with_cache(be, _pairs(1), cache)
+    assert be.stats == {"requests": 3, "retries": 2} and cache.count() == 0
+    cache.close()
+
+
+def test_the_client_does_not_retry_on_its_own():
+    with OpenAIServer() as srv:
+        srv.script(["500", "500"])
+        be = OpenAIBackend(_settings(srv, max_retries=1, concurrency=1))
+        with pytest.raises(LabelerError, match="2 attempts: HTTP 500"):
+            be.grade(_pairs(1))
+        assert srv.received == 2 == be.stats["requests"]  # the openai client's default would have sent 3 each
+
+
+def test_grade_called_inside_a_running_event_loop():
+    """A notebook cell runs inside an event loop: grade() then runs its own loop on a thread."""
+    import asyncio
+    with OpenAIServer() as srv:
+        be = OpenAIBackend(_settings(srv))
+
+        async def cell():
+            return be.grade(_pairs(2))
+
+        assert [r.product_id for r in asyncio.run(cell())] == ["P0", "P1"] and srv.completed == 2
+
+
 def test_parse_grade_edge_cases():
     body = {"choices": [{"message": {"content": "2"}, "logprobs": {"content": [
         {"token": "2", "logprob": math.log(0.6), "top_logprobs": [

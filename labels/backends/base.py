@@ -43,6 +43,9 @@ class LabelResult:
     tokens_out: int = 0
     cost: float = 0.0
     hard_grade: int | None = None  # a backend's own decision rule (e.g. kappa-tuned cut points)
+    #: how an LLM's distribution was obtained, `<request mode>/<source>` (e.g. `json_schema/one-hot`):
+    #: the LABELS column `output_mode`; None for backends that are not LLM calls
+    output_mode: str | None = None
 
     @property
     def score(self) -> float:

@@ -1,90 +1,69 @@
-"""OpenAI-compatible chat-completions backend (OpenAI, vLLM, Ollama, llama.cpp server, ...).
+"""OpenAI-compatible chat-completions backend on the official `openai` client (OpenAI, Azure OpenAI, vLLM,
+Ollama, llama.cpp server, ...).
 
-The grade distribution comes from the top logprobs of the grade token (score = expected grade / 3);
-when a server returns no logprobs the reply text is parsed and the distribution is one-hot.
-Async with a concurrency limit, an optional requests-per-second limit, retries with exponential
-backoff (and Retry-After) on 429 / 5xx / timeouts / connection errors / malformed bodies, and a
-per-request timeout. Each result is handed to `on_result` as soon as it returns.
+The client builds the requests (auth, Azure deployment URLs, typed parameters); its own retries are off
+(`max_retries=0`) so that every attempt passes through one loop here, where the budget, the request
+counts and the rate limit are kept. That loop retries 429 / 408 / 5xx / timeouts / connection errors /
+malformed bodies with exponential backoff, waits as long as the server asks (`Retry-After` in seconds or
+as an HTTP-date, `retry-after-ms`) up to `retry_after_max_s`, and fails with a LabelerError naming the
+pair and the fix otherwise. The request shape follows the model's profile (labels/model_profiles.py) and
+the output mode (logprobs, JSON schema, text, n samples); the mode is part of the backend's name, hence
+of the cache key, and each result says where its distribution came from (`output_mode`).
 """
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
-import math
 import os
 import random
-import re
 import threading
 import time
-from typing import Any, Sequence
+from datetime import timezone
+from typing import Any, Awaitable, Callable, Mapping, Sequence, TypeVar
 
-import httpx
-
+from ..answers import MalformedReply, parse_completion, structured_fields, structured_messages
 from ..config import OpenAISettings
-from ..cost import CostMeter, estimate_tokens, price_for
+from ..cost import BATCH_PRICE_FACTOR, CostMeter, batch_price_for, estimate_tokens, price_for
+from ..model_profiles import default_max_tokens
 from ..prompts import get_prompt
 from .base import Backend, LabelerError, LabelResult, OnResult, Pair
 
-_GRADES = ("0", "1", "2", "3")
-_NUMBER = re.compile(r"(?<![\d.])(\d+)(?![\d.])")
-
-
-class _Transient(Exception):
-    """Worth retrying: 429, 5xx, timeout, connection error, malformed body."""
-
-    def __init__(self, msg: str, retry_after: float | None = None):
-        super().__init__(msg)
-        self.retry_after = retry_after
-
-
-def _digit_token(tok: str) -> str | None:
-    t = tok.strip().strip("*#:.\"'`")
-    return t if t.isdigit() else None
+T = TypeVar("T")
+_RETRYABLE_STATUS = (408, 429)
 
 
 def parse_grade(body: dict[str, Any]) -> tuple[tuple[float, float, float, float], int, int]:
-    """(p0..p3, prompt tokens, completion tokens) from a chat-completions response body.
-
-    Raises _Transient for a structurally broken body, LabelerError for a well-formed reply that holds no
-    valid 0-3 grade (a deterministic answer: retrying would pay again for the same reply)."""
+    """(p0..p3, prompt tokens, completion tokens) of a plain (digit) answer; see labels/answers.py."""
     try:
-        choice = body["choices"][0]
-        text = choice["message"].get("content") or ""
-    except (KeyError, IndexError, TypeError, AttributeError) as e:
-        raise _Transient(f"response has no choices[0].message ({e!r})") from None
-    usage = body.get("usage") or {}
-    tin, tout = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    content = ((choice.get("logprobs") or {}).get("content")) or []
-    for item in content:
-        d = _digit_token(str(item.get("token", "")))
-        if d is None:
-            continue
-        if d not in _GRADES:
-            raise LabelerError(f"grade token {d!r} is outside 0-3 (reply {text!r}). Fix: check the model "
-                               "follows the prompt (prompt_version) or use a stronger model.")
-        mass = [0.0, 0.0, 0.0, 0.0]
-        tops = item.get("top_logprobs") or [{"token": item["token"], "logprob": item.get("logprob", 0.0)}]
-        seen_chosen = False
-        for t in tops:
-            dd = _digit_token(str(t.get("token", "")))
-            if dd in _GRADES and t.get("logprob") is not None:
-                mass[int(dd)] += math.exp(float(t["logprob"]))
-                seen_chosen |= dd == d
-        if not seen_chosen:
-            mass[int(d)] += math.exp(float(item.get("logprob", 0.0)))
-        tot = sum(mass)
-        return tuple(m / tot for m in mass), tin, tout  # type: ignore[return-value]
-    # no logprobs: parse the text, one-hot
-    m = _NUMBER.search(text.split("score:")[-1] if "score:" in text else text)
-    if m is None:
-        raise LabelerError(f"reply holds no grade (reply {text!r}, no logprobs). Fix: use a model that follows "
-                           "the prompt, or raise max_tokens.")
-    g = m.group(1)
-    if g not in _GRADES:
-        raise LabelerError(f"grade {g!r} is outside 0-3 (reply {text!r}). Fix: check the model follows the prompt.")
-    probs = [0.0] * 4
-    probs[int(g)] = 1.0
-    return tuple(probs), tin, tout  # type: ignore[return-value]
+        p = parse_completion(body)
+    except MalformedReply as e:
+        raise LabelerError(str(e)) from None
+    return p.probs, p.tokens_in, p.tokens_out
+
+
+def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the server asks us to wait: `retry-after-ms`, else `Retry-After` as seconds or an HTTP-date."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    ra = (headers.get("retry-after") or "").strip()
+    if not ra:
+        return None
+    try:
+        return max(0.0, float(ra))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class _RateLimiter:
@@ -104,95 +83,175 @@ class _RateLimiter:
             await asyncio.sleep(slot - now)
 
 
+class _Retry(Exception):
+    """One failed attempt worth another: the reason, and how long the server asked us to wait."""
+
+    def __init__(self, msg: str, wait: float | None = None):
+        super().__init__(msg)
+        self.wait = wait
+
+
 class OpenAIBackend(Backend):
     name = "openai"
 
     def __init__(self, settings: OpenAISettings | None = None, prompt_version: str | None = None,
-                 meter: CostMeter | None = None, prices: dict[str, tuple[float, float]] | None = None):
+                 meter: CostMeter | None = None, prices: dict[str, tuple[float, float]] | None = None,
+                 batch_price_factor: float = BATCH_PRICE_FACTOR):
         from ..prompts import DEFAULT_PROMPT_VERSION
         self.s = settings or OpenAISettings()
         self.prompt = get_prompt(prompt_version or DEFAULT_PROMPT_VERSION)
         self.prompt_version = self.prompt.version
         self.model = self.s.model
+        self.profile = self.s.model_profile()
+        self.mode = self.s.output_mode()
+        self.structured = self.mode.startswith("json_schema")
+        self.max_tokens = self.s.max_tokens or default_max_tokens(self.profile, self.mode)
+        effort = f":effort={self.profile.reasoning_effort}" if self.profile.reasoning_effort else ""
+        # the plain chat + logprobs mode keeps the historical name, so caches written before modes existed stay valid
+        self.name = "openai" if self.mode == "logprobs" and not effort else f"openai:{self.mode}{effort}"
         self.meter = meter or CostMeter()
         self.price_in, self.price_out = price_for(self.model, prices)
-        base = self.s.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-        self.url = base.rstrip("/") + "/chat/completions"
+        self.batch_price_in, self.batch_price_out = batch_price_for(self.model, prices, batch_price_factor)
+        self.base_url = self.s.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         self.api_key = self.s.api_key or os.environ.get(self.s.api_key_env, "")
         self.stats = {"requests": 0, "retries": 0}
 
-    def _payload(self, pair: Pair) -> dict[str, Any]:
-        p: dict[str, Any] = {"model": self.model, "messages": self.prompt.messages(pair.query, pair.product),
-                             "max_tokens": self.s.max_tokens, "temperature": self.s.temperature}
-        if self.s.top_logprobs:
-            p.update(logprobs=True, top_logprobs=self.s.top_logprobs)
-        p.update(self.s.extra_body)  # e.g. a grammar that forces a small model to answer with one digit
-        return p
+    # --- the request ---------------------------------------------------------------------------------
 
-    def _dollars(self, tin: int, tout: int) -> float:
-        return (tin * self.price_in + tout * self.price_out) / 1e6
+    def make_client(self):
+        """An AsyncOpenAI (or AsyncAzureOpenAI) client with its own retries off: ours keep the accounting."""
+        import openai
+        common = dict(api_key=self.api_key or "none", max_retries=0, timeout=self.s.timeout_s)
+        if self.s.azure_endpoint:
+            return openai.AsyncAzureOpenAI(azure_endpoint=self.s.azure_endpoint, api_version=self.s.api_version,
+                                           **common)
+        if self.s.api_version:  # Azure through a full deployment base_url
+            return openai.AsyncAzureOpenAI(base_url=self.base_url, api_version=self.s.api_version, **common)
+        return openai.AsyncOpenAI(base_url=self.base_url, **common)
 
-    async def _one(self, client: httpx.AsyncClient, limiter: _RateLimiter, pair: Pair) -> LabelResult:
-        payload = self._payload(pair)
+    def messages(self, pair: Pair) -> list[dict[str, str]]:
+        msgs = self.prompt.messages(pair.query, pair.product)
+        return structured_messages(msgs) if self.structured else msgs
+
+    def request_parts(self, pair: Pair) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(typed chat.completions.create arguments, extra_body): the profile's shape for this pair."""
+        p = self.profile
+        fields: dict[str, Any] = {"model": self.model, "messages": self.messages(pair), p.token_param: self.max_tokens}
+        if p.temperature:
+            fields["temperature"] = self.s.temperature
+        if p.reasoning_effort:
+            fields["reasoning_effort"] = p.reasoning_effort
+        if p.logprobs and self.mode != "text" and self.s.top_logprobs:
+            fields.update(logprobs=True, top_logprobs=self.s.top_logprobs)
+        if self.s.samples > 1:
+            fields["n"] = self.s.samples
+        extra: dict[str, Any] = {}
+        if self.structured:
+            f, extra = structured_fields(self.s.structured_via)
+            fields.update(f)
+        return fields, {**extra, **self.s.extra_body}  # e.g. a grammar that holds a small model to one digit
+
+    def request_body(self, pair: Pair) -> dict[str, Any]:
+        """The JSON body as sent: what a Batch API input line carries."""
+        fields, extra = self.request_parts(pair)
+        return {**fields, **extra}
+
+    def result_from_body(self, query_id: str, product_id: str, body: Mapping[str, Any], prompt_text: str,
+                         batch: bool = False) -> LabelResult:
+        """The label in a response body, priced live or at batch rates. Raises MalformedReply / LabelerError."""
+        parsed = parse_completion(body, self.structured)
+        tin = parsed.tokens_in or estimate_tokens(prompt_text)
+        tout = parsed.tokens_out or 1
+        pin, pout = (self.batch_price_in, self.batch_price_out) if batch else (self.price_in, self.price_out)
+        return LabelResult(query_id, product_id, parsed.probs, self.name, self.model, self.prompt_version,
+                              tin, tout, (tin * pin + tout * pout) / 1e6, output_mode=f"{self.mode}/{parsed.source}")
+
+    def estimate_dollars(self, pair: Pair, batch: bool = False) -> float:
+        """Worst-case cost of one request, reserved against the budget before it is sent."""
+        tin = estimate_tokens(json.dumps(self.messages(pair)))
+        tout = self.max_tokens * self.s.samples
+        pin, pout = (self.batch_price_in, self.batch_price_out) if batch else (self.price_in, self.price_out)
+        return (tin * pin + tout * pout) / 1e6 * 1.5
+
+    # --- one call, retried ---------------------------------------------------------------------------
+
+    def _delay(self, attempt: int, wait: float | None) -> float:
+        backoff = min(self.s.backoff_max_s, self.s.backoff_base_s * 2 ** attempt) * (0.5 + random.random() / 2)
+        return backoff if wait is None else max(backoff, wait)
+
+    def _classify(self, e: BaseException, what: str) -> _Retry:
+        """A retryable failure as _Retry; anything else as the LabelerError that ends the run."""
+        import openai
+        if isinstance(e, openai.APITimeoutError):
+            return _Retry(f"timeout after {self.s.timeout_s}s")
+        if isinstance(e, openai.APIConnectionError):
+            return _Retry(f"connection error ({e.__cause__ or e})")
+        if isinstance(e, MalformedReply):
+            return _Retry(str(e))
+        if not isinstance(e, openai.APIStatusError):
+            raise e
+        code, text = e.status_code, e.response.text[:300]
+        if code not in _RETRYABLE_STATUS and code < 500:
+            raise LabelerError(
+                f"HTTP {code} from {self.base_url} for {what}: {text}. Fix: check base_url, model and the API key "
+                f"(env {self.s.api_key_env}); a 400 naming max_tokens, temperature or logprobs means the model "
+                "needs openai.profile: reasoning.") from None
+        wait = retry_after_s(e.response.headers)
+        if wait is not None and wait > self.s.retry_after_max_s:
+            raise LabelerError(
+                f"HTTP {code} from {self.base_url} for {what}: the server asks to wait {wait:.0f}s before a retry, "
+                f"more than retry_after_max_s={self.s.retry_after_max_s:g}. Fix: raise openai.retry_after_max_s, or "
+                "re-run later (graded pairs are kept in the cache).") from None
+        return _Retry(f"HTTP {code}: {text[:200]}", wait)
+
+    async def call(self, what: str, attempt: Callable[[], Awaitable[T]], limiter: _RateLimiter | None = None) -> T:
+        """`attempt()` until it succeeds, retrying what is worth retrying; else one clear LabelerError."""
         last = ""
-        for attempt in range(self.s.max_retries + 1):
-            await limiter.wait()
+        for i in range(self.s.max_retries + 1):
+            if limiter is not None:
+                await limiter.wait()
             self.stats["requests"] += 1
-            retry_after = None
             try:
-                resp = await client.post(self.url, json=payload)
-                if resp.status_code == 429 or resp.status_code >= 500:
-                    ra = resp.headers.get("retry-after")
-                    raise _Transient(f"HTTP {resp.status_code}: {resp.text[:200]}",
-                                     float(ra) if ra and ra.replace(".", "", 1).isdigit() else None)
-                if resp.status_code >= 400:
-                    raise LabelerError(f"HTTP {resp.status_code} from {self.url} for query {pair.query!r} / product "
-                                       f"{pair.product_id}: {resp.text[:300]}. Fix: check base_url, model and "
-                                       f"the API key (env {self.s.api_key_env}).")
-                try:
-                    body = resp.json()
-                except (json.JSONDecodeError, ValueError) as e:
-                    raise _Transient(f"malformed JSON body ({e}): {resp.text[:120]!r}") from None
-                if not isinstance(body, dict):
-                    raise _Transient(f"malformed body: expected a JSON object, got {type(body).__name__}")
-                probs, tin, tout = parse_grade(body)
-                if not tin:
-                    tin = estimate_tokens(json.dumps(payload["messages"]))
-                if not tout:
-                    tout = 1
-                return LabelResult(pair.query_id, pair.product_id, probs, self.name, self.model,
-                                   self.prompt_version, tin, tout, self._dollars(tin, tout))
-            except httpx.TimeoutException as e:
-                last = f"timeout after {self.s.timeout_s}s ({type(e).__name__})"
-            except httpx.TransportError as e:
-                last = f"connection error ({type(e).__name__}: {e})"
-            except _Transient as e:
-                last, retry_after = str(e), e.retry_after
-            if attempt < self.s.max_retries:
+                return await attempt()
+            except Exception as e:  # noqa: BLE001 - classified: retried or re-raised as a LabelerError
+                r = self._classify(e, what)
+            last = str(r)
+            if i < self.s.max_retries:
                 self.stats["retries"] += 1
-                delay = min(self.s.backoff_max_s, self.s.backoff_base_s * 2 ** attempt) * (0.5 + random.random() / 2)
-                if retry_after is not None:
-                    delay = min(self.s.backoff_max_s, max(delay, retry_after))
-                await asyncio.sleep(delay)
-        raise LabelerError(f"gave up on query {pair.query!r} / product {pair.product_id} after "
-                           f"{self.s.max_retries + 1} attempts: {last}. Fix: check the server at {self.url}, "
-                           "raise timeout_s / max_retries, or lower concurrency.")
+                await asyncio.sleep(self._delay(i, r.wait))
+        raise LabelerError(f"gave up on {what} after {self.s.max_retries + 1} attempts: {last}. Fix: check the "
+                           f"server at {self.base_url}, raise timeout_s / max_retries, or lower concurrency.")
+
+    async def _one(self, client, limiter: _RateLimiter, pair: Pair) -> LabelResult:
+        fields, extra = self.request_parts(pair)
+        prompt_text = json.dumps(fields["messages"])
+
+        async def attempt() -> LabelResult:
+            raw = await client.chat.completions.with_raw_response.create(**fields, extra_body=extra or None)
+            try:
+                body = json.loads(raw.text)
+            except ValueError as e:
+                raise MalformedReply(f"malformed JSON body ({e}): {raw.text[:120]!r}") from None
+            if not isinstance(body, dict):
+                raise MalformedReply(f"malformed body: expected a JSON object, got {type(body).__name__}")
+            return self.result_from_body(pair.query_id, pair.product_id, body, prompt_text)
+
+        return await self.call(f"query {pair.query!r} / product {pair.product_id}", attempt, limiter)
+
+    # --- many pairs ----------------------------------------------------------------------------------
 
     async def agrade(self, pairs: Sequence[Pair], on_result: OnResult | None = None) -> list[LabelResult]:
         self.stopped_reason = None
         sem = asyncio.Semaphore(self.s.concurrency)
         limiter = _RateLimiter(self.s.requests_per_second)
         results: dict[int, LabelResult] = {}
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        limits = httpx.Limits(max_connections=self.s.concurrency, max_keepalive_connections=self.s.concurrency)
         failure: list[BaseException] = []
-        async with httpx.AsyncClient(timeout=httpx.Timeout(self.s.timeout_s), headers=headers, limits=limits) as client:
+        async with self.make_client() as client:
             async def work(i: int, pair: Pair) -> None:
                 async with sem:
                     if failure or self.stopped_reason:
                         return
-                    est = self._dollars(estimate_tokens(json.dumps(self.prompt.messages(pair.query, pair.product))),
-                                        self.s.max_tokens) * 1.5
+                    est = self.estimate_dollars(pair)
                     if not self.meter.reserve(est):
                         self.stopped_reason = "budget"
                         return
@@ -207,35 +266,52 @@ class OpenAIBackend(Backend):
                     if on_result:
                         on_result(pair, r)
 
-            tasks = [asyncio.create_task(work(i, p)) for i, p in enumerate(pairs)]
-            try:
-                await asyncio.gather(*tasks)
-            except BaseException as exc:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                if failure:
-                    # Re-raise the failing task's own exception as is (usually `exc` itself); chaining it
-                    # `from exc` / `from None` would overwrite its own __cause__.
-                    raise failure[0]  # noqa: B904
-                raise LabelerError("labelling was cancelled") from exc
+            await _gather_or_cancel([work(i, p) for i, p in enumerate(pairs)], failure)
         return [results[i] for i in sorted(results)]
 
     def grade(self, pairs: Sequence[Pair], on_result: OnResult | None = None) -> list[LabelResult]:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.agrade(pairs, on_result))
-        box: dict[str, Any] = {}
+        return run_sync(lambda: self.agrade(pairs, on_result))
 
-        def runner() -> None:  # called from inside an event loop (e.g. a notebook): use a fresh one
-            try:
-                box["r"] = asyncio.run(self.agrade(pairs, on_result))
-            except BaseException as e:  # pragma: no cover - passed through
-                box["e"] = e
-        t = threading.Thread(target=runner)
-        t.start()
-        t.join()
-        if "e" in box:
-            raise box["e"]
-        return box["r"]
+
+async def _gather_or_cancel(coros: list, failure: list[BaseException]) -> None:
+    """Run all; on the first failure cancel the rest and raise that failure as is."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException as exc:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if failure:
+            # Re-raise the failing task's own exception as is (usually `exc` itself); chaining it
+            # `from exc` / `from None` would overwrite its own __cause__.
+            raise failure[0]  # noqa: B904
+        raise LabelerError("labelling was cancelled") from exc
+
+
+def run_sync(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion from sync code, also when called inside a running loop (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        in_loop = False
+    else:
+        in_loop = True
+    if not in_loop:  # outside the except block, so a failure is not shown chained to "no running event loop"
+        return asyncio.run(make())  # type: ignore[arg-type]
+    box: dict[str, Any] = {}
+
+    def runner() -> None:  # called from inside an event loop: use a fresh one on a thread
+        try:
+            box["r"] = asyncio.run(make())  # type: ignore[arg-type]
+        except BaseException as e:  # pragma: no cover - passed through
+            box["e"] = e
+    t = threading.Thread(target=runner)
+    t.start()
+    t.join()
+    if "e" in box:
+        raise box["e"]
+    return box["r"]
+
+
+__all__ = ["OpenAIBackend", "parse_grade", "retry_after_s", "run_sync"]

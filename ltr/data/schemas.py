@@ -225,6 +225,9 @@ LABELS = TableSchema("labels", (
     Column("prompt_version", "str"),
     Column("cost", "float", min=0, doc="dollars"),
     Column("created_at", "datetime"),
+    Column("output_mode", "str", required=False, nullable=True,
+           doc="how an LLM's grade distribution was obtained: <request mode>/<source>, e.g. logprobs/logprobs, "
+               "json_schema/one-hot, json_schema+samples:5/one-hot (the mean of 5 answers)"),
 ), key=("query_id", "product_id"))
 
 FEATURES = TableSchema("features", (
