@@ -25,6 +25,9 @@ class DatasetConfig(StrictConfig):
     path: Optional[Path] = Field(None, description="dataset dir (source=dir) or ESCI folder (source=esci)")
     world: WorldConfig = Field(default_factory=WorldConfig)
     simulate_engagement: bool = Field(True, description="simulate logs for a catalog that has none")
+    simulated_relevance: Literal["lexical", "judgments"] = Field(
+        "lexical", description="what simulated shoppers find relevant: word overlap (independent of the "
+        "judgments the run is evaluated on) or the judgments themselves (their engagement then leaks them)")
 
 
 class TrackingConfig(StrictConfig):

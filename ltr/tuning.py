@@ -7,8 +7,11 @@ blend weight) and a few XGBoost parameters.
 - Each trial is a nested MLflow run under one parent run that also holds the Pareto plot.
 - Operating point rule (stated, default tolerance 1%): among finished trials whose engagement is at least
   (1 - tolerance) x the engagement of the engagement-only model (blend weight 0, default model parameters,
-  same splits), take the one with the best content NDCG. If none qualifies, take the trial with the best
-  engagement and report `constraint_met=False`.
+  same splits) and whose content NDCG on cold queries (engagement features absent) is at least the
+  content-only model's (content labels, no engagement features, same splits), take the one with the best
+  content NDCG. If none meets both, the cold rule is kept and the engagement floor dropped (a champion that
+  ranks new queries worse than a model without engagement is not an operating point); failing that, the
+  trial with the best engagement. Either way `constraint_met=False`.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .rankers import split_frame
-from .train import evaluate_ranker, feature_columns, fit_ranker
+from .train import content_only_config, evaluate_ranker, feature_columns, fit_ranker
 from .train_config import TrainConfig, TuneConfig, TunedParams
 
 
@@ -81,23 +84,32 @@ def pareto_mask(content: np.ndarray, engagement: np.ndarray) -> np.ndarray:
     return keep
 
 
-def choose_operating_point(trials: pd.DataFrame, baseline_engagement: float, tolerance: float = 0.01) -> dict[str, Any]:
-    """Best content with engagement >= (1 - tolerance) * baseline; else best engagement (constraint_met=False)."""
+def choose_operating_point(trials: pd.DataFrame, baseline_engagement: float, tolerance: float = 0.01,
+                           cold_floor: float | None = None) -> dict[str, Any]:
+    """Best content with engagement >= (1 - tolerance) * baseline and cold content >= `cold_floor` (when
+    given; trials need a `cold` column); see the module docstring for the fallbacks."""
     if trials.empty:
         raise TuningError("no finished trials. Fix: run at least one trial (n_trials >= 1).")
     floor = (1 - tolerance) * baseline_engagement
-    ok = trials[trials["engagement"] >= floor]
-    if len(ok):
-        row = ok.sort_values(["content", "engagement", "number"], ascending=[False, False, True]).iloc[0]
-        met = True
+    eng_ok = trials["engagement"] >= floor
+    cold_ok = trials["cold"] >= cold_floor if cold_floor is not None else pd.Series(True, index=trials.index)
+    by_content = ["content", "engagement", "number"]
+    met = bool((eng_ok & cold_ok).any())
+    if met:
+        row = trials[eng_ok & cold_ok].sort_values(by_content, ascending=[False, False, True]).iloc[0]
+    elif cold_floor is not None and cold_ok.any():
+        row = trials[cold_ok].sort_values(by_content, ascending=[False, False, True]).iloc[0]
     else:
         row = trials.sort_values(["engagement", "content", "number"], ascending=[False, False, True]).iloc[0]
-        met = False
-    return {"number": int(row["number"]), "content": float(row["content"]), "engagement": float(row["engagement"]),
-            "params": {k[len("params_"):]: (row[k].item() if hasattr(row[k], "item") else row[k])
-                       for k in trials.columns if k.startswith("params_")},
-            "constraint_met": met, "engagement_floor": float(floor),
-            "rule": f"max content NDCG s.t. engagement >= (1 - {tolerance}) x engagement-only model"}
+    rule = f"max content NDCG s.t. engagement >= (1 - {tolerance}) x engagement-only model"
+    out = {"number": int(row["number"]), "content": float(row["content"]), "engagement": float(row["engagement"]),
+           "params": {k[len("params_"):]: (row[k].item() if hasattr(row[k], "item") else row[k])
+                      for k in trials.columns if k.startswith("params_")},
+           "constraint_met": met, "engagement_floor": float(floor),
+           "rule": rule + (" and cold content NDCG >= content-only model" if cold_floor is not None else "")}
+    if cold_floor is not None:
+        out.update(cold=float(row["cold"]), cold_floor=float(cold_floor))
+    return out
 
 
 def pareto_figure(trials: pd.DataFrame, baseline: dict[str, float], op: dict[str, Any], content_name: str,
@@ -176,11 +188,15 @@ def _open_study(tune_cfg: TuneConfig, seed: int, fingerprint: str, objectives: l
 
 
 def _baseline(study, obj: _Objectives) -> dict[str, float]:
-    """The engagement-only model's scores, kept in the study so a resumed run keeps the same floor."""
+    """The engagement-only model's scores and the content-only model's cold content NDCG, kept in the study
+    so a resumed run keeps the same floors."""
     if "baseline" in study.user_attrs:
         return study.user_attrs["baseline"]
     s = obj.score(trial_config(obj.train_cfg, {"blend_weight": 0.0}))
     baseline = {"content": s[obj.content], "engagement": s[obj.engagement]}
+    content_only = content_only_config(obj.train_cfg)
+    c = _score(content_only, obj.fit_part, obj.tune_part, feature_columns(obj.fit_part, content_only))
+    baseline["content_only_cold"] = c.get(f"{obj.content}/cold", c[obj.content])
     study.set_user_attr("baseline", baseline)
     return baseline
 
@@ -199,7 +215,8 @@ def _start_parent_run(tune_cfg: TuneConfig, train_cfg: TrainConfig, fingerprint:
     log_config(train_cfg, "train_config.json")
     mlflow.set_tags({"train_fingerprint": fingerprint, "optuna_study": tune_cfg.study_name,
                      "engagement_metric": engagement})
-    log_metrics({"baseline_content": baseline["content"], "baseline_engagement": baseline["engagement"]})
+    log_metrics({"baseline_content": baseline["content"], "baseline_engagement": baseline["engagement"],
+                 "baseline_content_only_cold": baseline.get("content_only_cold", float("nan"))})
     return parent
 
 
@@ -273,7 +290,9 @@ def _run_trials(study, objective, train_cfg: TrainConfig, t: TuneConfig) -> None
 
 
 def _trials_frame(study) -> pd.DataFrame:
+    content = study.user_attrs["objectives"][0]
     rows = [{"number": tr.number, "content": tr.values[0], "engagement": tr.values[1],
+             "cold": tr.user_attrs.get(f"{content}/cold", np.nan),
              **{f"params_{p}": v for p, v in tr.params.items()}} for tr in _complete(study)]
     trials = pd.DataFrame(rows)
     trials["pareto"] = pareto_mask(trials["content"].to_numpy(), trials["engagement"].to_numpy())
@@ -300,7 +319,8 @@ def _publish(fig, trials: pd.DataFrame, op: dict[str, Any], out_dir: str | Path 
         mlflow.log_dict(dict(op), "operating_point.json")
         mlflow.log_params({f"op.{p}": v for p, v in op["params"].items()})
         log_metrics({"op_content": op["content"], "op_engagement": op["engagement"],
-                     "op_constraint_met": float(op["constraint_met"]), "n_trials": float(len(trials))})
+                     "op_constraint_met": float(op["constraint_met"]), "n_trials": float(len(trials)),
+                     "op_content_cold": op.get("cold", float("nan"))})
     return plot_path
 
 
@@ -321,7 +341,8 @@ def tune(frame: pd.DataFrame, train_cfg: TrainConfig | None = None, tune_cfg: Tu
     try:
         _run_trials(study, _objective(obj, tune_cfg, tracked=parent is not None), train_cfg, tune_cfg)
         trials = _trials_frame(study)
-        op = choose_operating_point(trials, baseline["engagement"], tune_cfg.engagement_tolerance)
+        op = choose_operating_point(trials, baseline["engagement"], tune_cfg.engagement_tolerance,
+                                    baseline.get("content_only_cold"))
         op["baseline"] = baseline
         best_cfg = trial_config(train_cfg, op["params"])
         tuned = TunedParams(alpha=best_cfg.target.alpha or 10.0, beta=best_cfg.target.beta,

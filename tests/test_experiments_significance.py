@@ -52,11 +52,12 @@ def test_run_experiments_reports_p_values_in_table_and_json():
     assert grades["n_queries"] > 30 and grades["mean_diff"] > 0 and grades["p_ttest"] < 0.01
     same = by["label source: engagement"]["paired_test"]     # the same model as the baseline
     assert same["ndcg@10"]["p_ttest"] == 1.0 and same["ndcg@10"]["p_wilcoxon"] == 1.0
-    assert set(same) == {"ndcg@10", "cart_recall@10"}
+    assert set(same) == {"ndcg@10", "cart_recall@10", "ndcg@10/cold"}
     claim = js["claim"]
     assert claim["content_p_ttest"] == by["LLM labels, tuned sigmoid"]["paired_test"]["ndcg@10"]["p_ttest"]
     header, rule = md.splitlines()[:2]
-    assert "p ΔNDCG t / W (n)" in header and rule.count("---") == header.count("|") - 1
+    assert "p ΔNDCG t / W (n)" in header and "NDCG@10 cold" in header and rule.count("---") == header.count("|") - 1
+    assert claim["content_rel_gain_cold"] is not None
     row = next(x for x in md.splitlines() if x.startswith("| label source: true grades"))
     assert f"(n={grades['n_queries']})" in row
     assert "| baseline | baseline |" in next(x for x in md.splitlines() if x.startswith(f"| {BASELINE} "))

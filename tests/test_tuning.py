@@ -46,7 +46,7 @@ def test_study_is_resumable_and_tracked(store):
     assert len(r1.trials) == 2 and (store / "out" / "pareto.png").stat().st_size > 1000
     assert r1.trials["pareto"].any()
     assert r1.operating_point["rule"].startswith("max content NDCG")
-    assert set(r1.operating_point["baseline"]) == {"content", "engagement"}
+    assert set(r1.operating_point["baseline"]) == {"content", "engagement", "content_only_cold"}
     first = r1.trials.set_index("number")[["content", "engagement"]]
 
     r2 = tune(frame, cfg, tc.model_copy(update={"n_trials": 3}), track=True)      # continues: one more trial

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -164,6 +164,11 @@ def engagement_report(impressions: pd.DataFrame, grades: pd.DataFrame, min_impre
     }
 
 
+def lexical_grade(overlap: pd.Series | np.ndarray) -> np.ndarray:
+    """Word overlap in [0, 1] as a 0-3 grade the click model can take (cuts at 0.2, 0.45, 0.7)."""
+    return np.digitize(np.asarray(overlap, dtype="float64"), [0.2, 0.45, 0.7]).astype("float64")
+
+
 def _session_counts(query_ids: Sequence[str], mean_sessions: float, rng: np.random.Generator,
                     skew: float = 0.8) -> dict[str, int]:
     """Lognormal search volume per query (a few head queries, many tail ones) with the given mean."""
@@ -174,11 +179,15 @@ def _session_counts(query_ids: Sequence[str], mean_sessions: float, rng: np.rand
 
 def simulate_engagement(dataset_dir: str | Path, seed: int = 7, days: int = 28, sessions_per_query: float = 150,
                         depth: int = 10, click_model: ClickModel | None = None, overwrite: bool = False,
-                        min_impressions: int = 30, progress: bool = True) -> dict[str, Any]:
+                        min_impressions: int = 30, progress: bool = True,
+                        relevance: Literal["lexical", "judgments"] = "lexical") -> dict[str, Any]:
     """Add a simulated `impressions.parquet` to a real catalog dataset (e.g. the ESCI sample).
 
-    Popularity is the catalog's rating_count, price its price (missing -> average), relevance the
-    judgments' grades where known (candidates without a judgment count as grade 1, a cautious prior).
+    Popularity is the catalog's rating_count, price its price (missing -> average). What the shoppers
+    perceive as relevant is, by default, the query's word overlap with the product text in four levels
+    (`relevance="lexical"`), a signal independent of the judgments: logs simulated from the judgments
+    (`relevance="judgments"`; unjudged candidates count as grade 1) would hand a ranker evaluated on those
+    same judgments their answers through its engagement features. The report says which was used.
     Existing real logs are never overwritten; earlier simulated logs only with `overwrite=True`.
     Returns the engagement report, which is also stored in metadata.json under "engagement".
     """
@@ -191,6 +200,8 @@ def simulate_engagement(dataset_dir: str | Path, seed: int = 7, days: int = 28, 
         if not overwrite:
             raise DatasetError(f"{root}/impressions.parquet already exists (simulated). Fix: pass overwrite=True "
                                "(CLI: --overwrite) to replace it.")
+    if relevance not in ("lexical", "judgments"):
+        raise ValueError(f"relevance={relevance!r}. Fix: use 'lexical' or 'judgments'.")
     if sessions_per_query <= 0:
         raise ValueError("sessions_per_query must be > 0. Fix: e.g. sessions_per_query=150.")
     rng = np.random.default_rng(seed)
@@ -212,12 +223,14 @@ def simulate_engagement(dataset_dir: str | Path, seed: int = 7, days: int = 28, 
     cand["baseline_score"] = baseline_scores(cand)
     qids = sorted(cand["query_id"].unique())
     sessions = _session_counts(qids, sessions_per_query, rng)
-    imps = simulate_sessions(cand, sessions, rng, click_model=click_model, days=days, depth=depth,
+    shown = cand if relevance == "judgments" else cand.assign(grade=lexical_grade(cand["lexical"]))
+    imps = simulate_sessions(shown, sessions, rng, click_model=click_model, days=days, depth=depth,
                              progress=progress)
     write_table(imps.drop(columns=["pair_idx"]), root / "impressions.parquet", IMPRESSIONS)
     report = engagement_report(imps, cand, min_impressions=min_impressions)
     report.update({"seed": int(seed), "days": int(days), "depth": int(depth), "unjudged_candidates": n_unjudged,
-                   "popularity_source": "rating_count", "relevance_source": "judgments"})
+                   "popularity_source": "rating_count", "relevance_source":
+                   "judgments" if relevance == "judgments" else "lexical overlap (grade-independent)"})
     update_metadata(root, simulated_engagement=True, engagement=report)
     return report
 
