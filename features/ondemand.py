@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ltr.data.schemas import PRODUCTS, query_id
+from ltr.data.dataset import complete_products
+from ltr.data.schemas import query_id
 
 from . import lexical as L
 from .names import CONTENT
@@ -117,7 +118,8 @@ class OnDemandFeatures:
         if not isinstance(products, pd.DataFrame):
             raise OnDemandError(f"products must be a DataFrame (the PRODUCTS table), got {type(products).__name__}."
                                 " Fix: pass pd.read_parquet('DATASET/products.parquet').")
-        self.products = PRODUCTS.validate(products, where="on-demand features catalog")
+        # a catalog as it comes: absent optional columns become missing values, as in the offline build
+        self.products = complete_products(products, where="on-demand features catalog")
         if self.products.empty:
             raise OnDemandError("products is empty. Fix: pass the catalog the candidates come from.")
         self.pos = pd.Series(np.arange(len(self.products)), index=pd.Index(self.products["product_id"]))

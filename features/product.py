@@ -1,14 +1,15 @@
 """Product features: price, rating, popularity (log1p of rating_count), text lengths, category depth.
 
 Unknown stays unknown: a missing price or rating is NaN (the ranker learns what missing means),
-never 0, which would read as "free" or "hated".
+never 0, which would read as "free" or "hated". A catalog without a price (or rating, bullets, ...)
+column at all is the same case for every product: its features are NaN, as in training.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from ltr.data.schemas import PRODUCTS
+from ltr.data.dataset import complete_products
 
 from .names import PRODUCT
 
@@ -21,7 +22,7 @@ def _n_words(s: pd.Series) -> np.ndarray:
 
 def product_features(products: pd.DataFrame) -> pd.DataFrame:
     """product_id + PRODUCT_FEATURES (float64) for each product of a PRODUCTS table."""
-    p = PRODUCTS.validate(products, where="product_features")
+    p = complete_products(products, where="product_features")
     price = p["price"].astype("float64")
     out = pd.DataFrame({
         "product_id": p["product_id"].to_numpy(),

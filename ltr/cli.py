@@ -30,9 +30,12 @@ app.add_typer(label_app, name="label")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (see configs/default.yaml).")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (overrides the config's seed).")
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow store holding the model (default: "
+                           f"$MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI}).")
 
 
 def _fail(msg: str) -> None:
+    msg = " ".join(str(msg).split())  # one line, whatever the library message looked like
     typer.secho(f"error: {msg}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
 
@@ -41,16 +44,29 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from ltr.data.config import ConfigError
     from ltr.data.dataset import DatasetError
     from ltr.data.schemas import SchemaError
-    return (ConfigError, DatasetError, SchemaError, FileNotFoundError)
+    from ltr.tracking import TrackingError
+    return (ConfigError, DatasetError, SchemaError, TrackingError, FileNotFoundError)
 
 
 def _config(path: Optional[Path], seed: Optional[int] = None, **overrides):
-    from ltr.data.config import load_config
+    """The run config, checked before any command writes anything.
+
+    Tracking URI: a `tracking.uri` written in the config file wins, else $MLFLOW_TRACKING_URI, else
+    the default: a default never overrides the environment (`ltr.tracking.resolve_tracking_uri`)."""
+    from ltr.data.config import ConfigError, load_config
     from ltr.run_config import RunConfig
+    from ltr.tracking import resolve_tracking_uri
     ov = dict(overrides)
     if seed is not None:
         ov["seed"] = seed
-    return load_config(path, RunConfig, ov)
+    cfg = load_config(path, RunConfig, ov)
+    if cfg.seed < 0:
+        where = f"{path}: " if path is not None and seed is None else ""
+        raise ConfigError(f"{where}seed {cfg.seed} is negative. Fix: pass --seed 0 or more "
+                          "(or set seed: N >= 0 in the config).")
+    if "uri" not in cfg.tracking.model_fields_set:
+        cfg.tracking.uri = resolve_tracking_uri(None)
+    return cfg
 
 
 def _echo_json(obj) -> None:
@@ -102,10 +118,48 @@ def load_esci_cmd(src: Path = typer.Option(..., "--src", help="esci-data folder 
 @_guard
 def simulate_engagement_cmd(dataset: Path = typer.Option(..., "--dataset", help="Dataset directory."),
                             seed: int = typer.Option(7, "--seed"),
-                            days: int = typer.Option(28, help="Days of simulated traffic.")) -> None:
+                            days: int = typer.Option(28, help="Days of simulated traffic."),
+                            relevance: str = typer.Option("lexical", help="what simulated shoppers find relevant: "
+                                                          "'lexical' (word overlap, independent of the judgments) "
+                                                          "or 'judgments' (leaks them into engagement features)")
+                            ) -> None:
     """Add simulated impressions (position-biased click model) to a real catalog without logs."""
     from ltr.sim.sessions import simulate_engagement
-    _echo_json(simulate_engagement(dataset, seed=seed, days=days))
+    _echo_json(simulate_engagement(dataset, seed=seed, days=days, relevance=relevance))
+
+
+@app.command("ingest-ubi")
+@_guard
+def ingest_ubi_cmd(dataset: Path = typer.Option(..., "--dataset", help="Dataset directory (its catalog decides "
+                                                "which logged products are known)."),
+                   src: list[Path] = typer.Option(..., "--src", help="UBI export: a file or folder of OpenSearch "
+                                                  "bulk NDJSON, plain NDJSON or parquet (repeatable)."),
+                   action: list[str] = typer.Option([], "--action", help="NAME=click|add_to_cart|purchase "
+                                                    "(repeatable; replaces the default mapping)."),
+                   impression_action: list[str] = typer.Option([], "--impression-action",
+                                                               help="action_name(s) that are impressions "
+                                                                    "(default: impression)."),
+                   overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing impressions."),
+                   simulated: bool = typer.Option(False, "--simulated", help="The logs were generated, not "
+                                                  "real shoppers: reports will say simulated.")) -> None:
+    """Turn UBI logs (ubi_queries + ubi_events) into the dataset's impressions; report what could not be used."""
+    from pydantic import ValidationError
+
+    from ltr.data.config import ConfigError, format_validation_error
+    from ltr.data.ubi import UbiConfig, ingest_ubi
+    ov: dict = {}
+    bad = [a for a in action if a.count("=") != 1 or not all(x.strip() for x in a.split("="))]
+    if bad:
+        raise ConfigError(f"--action {bad[0]!r} is not NAME=OUTCOME. Fix: e.g. --action checkout=purchase.")
+    if action:
+        ov["actions"] = dict(tuple(x.strip() for x in a.split("=")) for a in action)
+    if impression_action:
+        ov["impression_actions"] = list(impression_action)
+    try:
+        cfg = UbiConfig.model_validate(ov)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, UbiConfig, "ingest-ubi --action/--impression-action")) from None
+    _echo_json(ingest_ubi(src, dataset, cfg, overwrite=overwrite, simulated=simulated))
 
 
 # --- labels ----------------------------------------------------------------------------------------
@@ -210,9 +264,10 @@ def run(config: Optional[Path] = ConfigOpt, out: Path = typer.Option(Path("runs/
         skip_experiments: bool = typer.Option(False, help="Stop after train/tune/register/evaluate.")) -> None:
     """The main job: world -> labels -> features -> train -> tune -> experiments -> register -> evaluate."""
     from ltr.pipeline import run_all
+    from ltr.report import summary_table
     cfg = _config(config, seed)
     s = run_all(cfg, out, skip_experiments=skip_experiments)
-    _echo_json({k: v for k, v in s.items() if k not in ("test_metrics",)})
+    typer.echo("\n" + summary_table(s, json_path=str(out / "reports" / "summary.json")))
 
 
 @app.command()
@@ -231,27 +286,34 @@ def experiments(config: Optional[Path] = ConfigOpt, out: Path = typer.Option(Pat
 def evaluate(dataset: Path = typer.Option(..., "--dataset", help="Judged dataset dir (products + judgments)."),
              model: str = typer.Option(..., "--model", help="e.g. models:/ltr-ranker@champion"),
              out: Path = typer.Option(..., "--out", help="JSON report to write."),
-             ce_model: Optional[Path] = typer.Option(None, "--ce-model", help="Cross-encoder dir for ce_score."),
-             tracking_uri: str = typer.Option(DEFAULT_TRACKING_URI, "--tracking-uri")) -> None:
+             ce_model: Optional[Path] = typer.Option(None, "--ce-model", help="Cross-encoder dir for ce_score "
+                                                     "(default: the one the registered model carries)."),
+             tracking_uri: Optional[str] = TrackingOpt) -> None:
     """Score a judged dataset the model never saw: NDCG@10 (ESCI and exponential gains), Irrelevant@10."""
     from ltr.evaluate import evaluate_dataset
-    from ltr.tracking import setup_tracking
-    setup_tracking(tracking_uri)
-    rep = evaluate_dataset(dataset, model, out, ce_path=ce_model)
+    from ltr.tracking import resolve_tracking_uri
+    rep = evaluate_dataset(dataset, model, out, ce_path=ce_model, tracking_uri=resolve_tracking_uri(tracking_uri))
     _echo_json({k: v for k, v in rep.items() if not isinstance(v, (dict, list))})
 
 
 @app.command()
 @_guard
 def serve(model: str = typer.Option("models:/ltr-ranker@champion", "--model"),
-          run_dir: Path = typer.Option(Path("runs/default"), "--run-dir", help="Run with dataset + features."),
+          run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="`ltr run` output with dataset + "
+                                                 "features (default: runs/default unless --products is given)."),
+          products: Optional[Path] = typer.Option(None, "--products", help="Catalog to serve (dataset dir or "
+                                                  "products.parquet) without a run; request-time features only."),
           host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
-          tracking_uri: str = typer.Option(DEFAULT_TRACKING_URI, "--tracking-uri")) -> None:
-    """Serve POST /v1/rank over HTTP with the registered model and Feast online features."""
+          tracking_uri: Optional[str] = TrackingOpt) -> None:
+    """Serve POST /v1/rank over HTTP with the registered model (and its cross-encoder) and Feast online features."""
+    from ltr.serving.server import check_port
     from ltr.serving.server import serve as _serve
-    from ltr.tracking import setup_tracking
-    setup_tracking(tracking_uri)
-    _serve(model, run_dir=run_dir, host=host, port=port)
+    from ltr.tracking import resolve_tracking_uri
+    check_port(port)
+    if run_dir is None and products is None:
+        run_dir = Path("runs/default")
+    _serve(model, run_dir=run_dir, products=products, host=host, port=port,
+           tracking_uri=resolve_tracking_uri(tracking_uri))
 
 
 def main() -> None:  # console-script entry point

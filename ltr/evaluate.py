@@ -25,7 +25,7 @@ from ltr.data import metrics as M
 from ltr.data.dataset import Dataset
 
 from .serving.assemble import FeatureAssembler
-from .serving.model import ServingError, load_ranker
+from .serving.model import ServingError, check_bi_encoder, load_ranker
 
 
 def _mean(s: pd.Series) -> float:
@@ -59,9 +59,10 @@ def _assembler(ds: Dataset, lm, bi_encoder, features_dir, on_missing: str, where
     asm = FeatureAssembler(lm.features, ondemand, store, on_missing="nan")
     unexpected = [f for f in asm.missing if not is_engagement(f)]  # absent engagement is the normal case
     if unexpected and on_missing == "error":
-        raise ServingError(f"model feature(s) {unexpected} cannot be computed for {where}. Fix: pass "
-                           "cross_encoder=DIR for ce_score, bi_encoder='default' for bienc_cos, or "
-                           "on_missing='nan' to score with them missing.")
+        raise ServingError(f"model feature(s) {unexpected} cannot be computed for {where}: the model carries no "
+                           "part that computes them. Fix: register it with its cross-encoder (the pipeline "
+                           "does), or pass --ce-model DIR for ce_score / bi_encoder='default' for bienc_cos; "
+                           "on_missing='nan' scores with them missing (a degraded model).")
     if unexpected:
         warnings.warn(f"evaluate: model feature(s) {unexpected} cannot be computed here and are NaN "
                       "(ce_score needs the model's cross-encoder, bienc_cos a bi-encoder).", stacklevel=3)
@@ -93,14 +94,17 @@ def _write_json(result: dict[str, Any], out_path: str | Path) -> None:
 def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Path | None = None, *,
                      k: int = 10, cross_encoder: str | Path | None = None, bi_encoder: str | Path | None = "default",
                      features_dir: str | Path | None = None, tracking_uri: str | None = None,
-                     on_missing: Literal["error", "nan"] = "nan", max_queries: int | None = None,
+                     on_missing: Literal["error", "nan"] = "error", max_queries: int | None = None,
                      progress: bool = True, ce_path: str | Path | None = None) -> dict[str, Any]:
     """Evaluate `model_uri` on the judged dataset `dataset_dir`; write JSON to `out_path` (if given); return it.
 
-    Engagement features are NaN unless `features_dir` holds them (never an error). For other model
-    features nothing here can compute, on_missing='nan' (default) scores with NaN and lists them under
-    `features_missing_non_engagement`; 'error' refuses instead. max_queries evaluates only the first N query ids
-    (sorted), for quick checks. `ce_path` is an alias of `cross_encoder` (the CLI's --ce-model).
+    Engagement features are NaN unless `features_dir` holds them (never an error). Any other model
+    feature nothing here can compute is refused by default (on_missing='error': a model scored without
+    its cross-encoder is a different, degraded model); on_missing='nan' scores with NaN and lists them
+    under `features_missing_non_engagement`. The model's own parts (cross-encoder, bi-encoder identity)
+    come from its registered run; `cross_encoder` overrides the download but must be the recorded version.
+    max_queries evaluates only the first N query ids (sorted), for quick checks. `ce_path` is an alias
+    of `cross_encoder` (the CLI's --ce-model).
     """
     if ce_path is not None:
         if cross_encoder is not None and Path(cross_encoder) != Path(ce_path):
@@ -109,6 +113,7 @@ def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Pa
     t0 = time.perf_counter()
     ds, j = _judged_pairs(dataset_dir, k, max_queries)
     lm = load_ranker(model_uri, cross_encoder=cross_encoder, tracking_uri=tracking_uri)
+    check_bi_encoder(lm, bi_encoder)
     asm, unexpected, store = _assembler(ds, lm, bi_encoder, features_dir, on_missing, str(dataset_dir))
     t_feat = time.perf_counter()
     X = asm.frame_pairs(j[["query", "product_id"]], progress=progress)

@@ -105,7 +105,7 @@ def stage_dataset(cfg: RunConfig, paths: RunPaths) -> Path:
     if not ds.has_engagement and d.simulate_engagement:
         from ltr.sim.sessions import simulate_engagement
         _log("stage dataset: no engagement log; simulating one (reported as simulated)")
-        simulate_engagement(ds_dir, seed=cfg.seed)
+        simulate_engagement(ds_dir, seed=cfg.seed, relevance=d.simulated_relevance)
     return ds_dir
 
 
@@ -287,20 +287,73 @@ def stage_tune(cfg: RunConfig, paths: RunPaths, frame: pd.DataFrame) -> tuple[An
 
 
 def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, test_part: pd.DataFrame,
-                         extra_params: dict[str, str]) -> dict[str, Any]:
-    """The champion candidate at the operating point, evaluated on held-out queries, logged and registered."""
-    from ltr.tracking import log_training_run, register_model
+                         extra_params: dict[str, str], paths: RunPaths | None = None) -> dict[str, Any]:
+    """The champion candidate at the operating point, evaluated on held-out queries, logged and registered
+    as a self-contained model (`ltr.tracking.ServingParts`): its serving cross-encoder, bi-encoder identity,
+    feature service, label transform and data fingerprints travel with it.
+
+    Which cross-encoder scores new pairs: fold 0's model (`paths.ce / "llm_fold0"`), recorded as such.
+    The training frame's `ce_score` is cross-fitted: half the rows were scored by fold 0's model, half
+    by fold 1's, and the trees learnt from that mix. A third model fitted on all labelled pairs would be
+    the stronger scorer, but its score distribution is one the trees never saw and it would cost another
+    fine-tune; either fold model produced half of the scores the trees did see. Fold 0 is the cheap,
+    honest choice, and the manifest says so. Without `paths` (or without that folder) nothing is
+    recorded, and evaluate / serve then refuse a ce_score model unless given a cross-encoder explicitly.
+    """
+    from ltr.tracking import ServingParts, file_digest, log_training_run, register_model
     from ltr.train import train_and_evaluate
     op = tres.tuned
     _log(f"stage train: XGBoost LambdaMART at the operating point alpha={op.alpha:.3g} beta={op.beta:.3g} "
          f"blend={op.blend_weight:.3g}")
     res = train_and_evaluate(train_part, tres.best_config, test_frame=test_part)
+    ce_dir = paths.ce / "llm_fold0" if paths is not None else None
+    ce_dir = ce_dir if ce_dir is not None and (ce_dir / "config.json").exists() else None
+    ds_dir = Path(extra_params["dataset"]) if "dataset" in extra_params else None
+    prints = {f"dataset/{p.name}": file_digest(p) for p in sorted(ds_dir.glob("*.parquet"))} if ds_dir else {}
+    if paths is not None and paths.labels.exists():
+        prints["labels"] = file_digest(paths.labels)
+    parts = ServingParts(cross_encoder=ce_dir, data_fingerprints=prints,
+                         cross_encoder_choice="fold 0 of 2 cross-fitted models (fine-tuned on fold 1's "
+                                              "queries); it scored half the training rows' ce_score")
     run_id, model_uri = log_training_run(res, run_name="champion-candidate", label_source=cfg.labels.backend,
-                                         extra_params=extra_params)
+                                         extra_params=extra_params, serving=parts)
     version = register_model(model_uri, cfg.tracking.model_name) if model_uri else None
     return {"operating_point": op.model_dump(), "test_metrics": res.metrics,
             "model_uri": f"models:/{cfg.tracking.model_name}@champion", "model_version": version,
             "mlflow_run_id": run_id}
+
+
+def engagement_source(ds: Dataset) -> str:
+    """Where the run's engagement comes from, said in every report: a warm metric is only as honest as this."""
+    if not ds.engagement_simulated:
+        return "logged"
+    meta = ds.metadata.get("engagement", {})
+    if ds.metadata.get("source") == "world":
+        return "simulated by the built-in world's click model (its attractiveness mixes true relevance in)"
+    if meta.get("relevance_source") == "judgments":
+        return "simulated from the judgments the run is evaluated on: warm metrics leak them"
+    return f"simulated ({meta.get('relevance_source', 'grade-independent')})"
+
+
+def stage_cold_start(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, test_part: pd.DataFrame,
+                     champion_metrics: dict[str, float]) -> dict[str, Any]:
+    """The champion on the held-out queries warm and cold (engagement absent), beside the two models a cold
+    query could otherwise get: the content-only arm and the zero-shot bi-encoder's order."""
+    from ltr.data import metrics as M
+    from ltr.train import content_only_config, evaluate_ranker, fit_ranker
+    k = f"ndcg@{cfg.train.k}"
+    ccfg = content_only_config(tres.best_config)
+    content_only, _ = evaluate_ranker(fit_ranker(train_part, ccfg), test_part, ccfg)
+    out = {"champion_warm": champion_metrics.get(k), "champion_cold": champion_metrics.get(f"{k}/cold"),
+           "content_only": content_only.get(k), "metric": k, "n_queries": champion_metrics.get("n_queries")}
+    if "bienc_cos" in test_part.columns:
+        ok = test_part["bienc_cos"].notna()
+        out["bienc_zero_shot"] = M.evaluate(test_part[ok], test_part.loc[ok, "bienc_cos"].to_numpy(),
+                                            k=cfg.train.k, metrics=())[k]
+    out["cold_rule_met"] = bool(out["champion_cold"] is not None and out["champion_cold"] >= out["content_only"])
+    _log(f"stage cold start: {k} warm {out['champion_warm']:.4f}, cold {out['champion_cold']:.4f}; content-only "
+         f"{out['content_only']:.4f}; zero-shot bi-encoder {out.get('bienc_zero_shot', float('nan')):.4f}")
+    return out
 
 
 def stage_experiments(cfg: RunConfig, paths: RunPaths, frame: pd.DataFrame, tuned: Any, ds: Dataset,
@@ -320,7 +373,7 @@ def stage_experiments(cfg: RunConfig, paths: RunPaths, frame: pd.DataFrame, tune
 def stage_evaluate(cfg: RunConfig, paths: RunPaths, model_uri: str) -> dict[str, Any] | None:
     """The champion on a judged dataset it never saw (engagement features absent), when one is there."""
     esci = cfg.evaluate.esci_dir or default_esci_dir()
-    if esci is None or not Path(esci).exists() or not cfg.tracking.enabled:
+    if not cfg.evaluate.enabled or esci is None or not Path(esci).exists() or not cfg.tracking.enabled:
         return None
     from ltr.evaluate import evaluate_dataset
     _log(f"stage evaluate: champion on {esci} (never seen in training; engagement features absent)")
@@ -361,7 +414,10 @@ def run_all(cfg: RunConfig, out: str | Path, skip_experiments: bool = False) -> 
     run.summary = {"run_dir": str(paths.root), "dataset": str(ds_dir), "cutoff": str(cutoff),
                    "engagement_simulated": ds.engagement_simulated, "labels": label_summary.get("calibration", {})}
     run.summary.update(run.timed("train_register", stage_train_register, cfg, tres, train_part, test_part,
-                                 {"dataset": str(ds_dir), "cutoff": str(cutoff)}))
+                                 {"dataset": str(ds_dir), "cutoff": str(cutoff)}, paths=paths))
+    run.summary["engagement_source"] = engagement_source(ds)
+    run.summary["cold_start"] = run.timed("cold_start", stage_cold_start, cfg, tres, train_part, test_part,
+                                          run.summary["test_metrics"])
     (paths.reports / "train_metrics.json").write_text(json.dumps(run.summary, indent=2, default=str) + "\n")
     if not skip_experiments:
         result = run.timed("experiments", stage_experiments, cfg, paths, frame, tres.tuned, ds, ds_dir)

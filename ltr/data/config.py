@@ -66,24 +66,52 @@ def set_dotted(d: dict, dotted: str, value: Any) -> None:
     cur[parts[-1]] = value
 
 
+def _config_text(p: Path) -> str:
+    """The file's text, or one line saying why there is none: a directory, unreadable bytes, an OS error."""
+    if not p.exists():
+        raise ConfigError(f"config file {p} not found. Fix: pass an existing YAML file with --config "
+                          "(e.g. configs/default.yaml), or omit --config for defaults.")
+    if p.is_dir():
+        raise ConfigError(f"config path {p} is a directory, not a YAML file. Fix: pass the file inside it, "
+                          "e.g. --config configs/default.yaml.")
+    try:
+        raw = p.read_bytes()
+    except OSError as ex:
+        raise ConfigError(f"config file {p} cannot be read ({ex.strerror or ex}). Fix: check its permissions.") \
+            from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as ex:
+        line = raw[:ex.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{raw[ex.start]:02x} on line {line}). Fix: save the "
+                          "file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    """A config file's top-level mapping. An empty file is refused rather than read as "all defaults":
+    an empty file is far more often a failed write or the wrong path than a wish for defaults, and
+    omitting --config already asks for defaults."""
+    text = _config_text(p)
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as ex:
+        mark = getattr(ex, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}: not valid YAML{where}. Fix: check indentation and quoting.") from None
+    if loaded is None:
+        raise ConfigError(f"{p}: the config file is empty (no keys). Fix: write at least one 'key: value' line, "
+                          "or omit --config to run with the defaults.")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys. Fix: write 'key: value' lines.")
+    return loaded
+
+
 def load_config(path: str | Path | None, model: type[M], overrides: dict[str, Any] | None = None) -> M:
     """Parse YAML at `path` (None: all defaults), apply dotted overrides, validate into `model`."""
     data: dict[str, Any] = {}
     source = str(path) if path else "<defaults>"
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} not found. Fix: pass an existing YAML file with --config "
-                              "(e.g. configs/default.yaml), or omit --config for defaults.")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as ex:
-            mark = getattr(ex, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{p}: not valid YAML{where}. Fix: check indentation and quoting.") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of keys. Fix: write 'key: value' lines.")
-        data = loaded
+        data = _read_yaml(Path(path))
     for k, v in (overrides or {}).items():
         if v is not None:
             set_dotted(data, k, v)

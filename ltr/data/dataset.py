@@ -1,6 +1,6 @@
 """Datasets as directories: every stage reads and writes the same layout.
 
-    DIR/products.parquet      required
+    DIR/products.parquet      required (only product_id and title; other columns optional)
     DIR/judgments.parquet     required (query, product_id, grade 0..3): human judgments
     DIR/queries.parquet       optional (derived from judgments/candidates when absent)
     DIR/candidates.parquet    optional (derived from judgments when absent)
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -62,8 +63,12 @@ def write_table(df: pd.DataFrame, path: str | Path, schema: TableSchema | str) -
     return valid
 
 
-def read_table(path: str | Path, schema: TableSchema | str) -> pd.DataFrame:
-    """Read a parquet table and validate it on the way in."""
+def read_table(path: str | Path, schema: TableSchema | str, nonempty: bool = False) -> pd.DataFrame:
+    """Read a parquet table and validate it on the way in.
+
+    nonempty: a table without rows is refused with "no rows" before its dtypes are checked, since an
+    empty column has no dtype worth reporting (pandas reads it as object) and the real problem is the
+    missing data."""
     schema = SCHEMAS[schema] if isinstance(schema, str) else schema
     path = Path(path)
     if not path.exists():
@@ -72,7 +77,32 @@ def read_table(path: str | Path, schema: TableSchema | str) -> pd.DataFrame:
         df = pd.read_parquet(path)
     except Exception as e:  # pragma: no cover - pyarrow error types vary
         raise DatasetError(f"{path}: not a readable parquet file ({e}).") from e
+    if nonempty and df.empty:
+        raise DatasetError(f"{path}: the {schema.name} table has no rows. Fix: write at least one row "
+                           f"(columns {', '.join(schema.required)}).")
+    if schema is PRODUCTS:
+        return complete_products(df, where=f"reading {path}")
     return schema.validate(df, where=f"reading {path}")
+
+
+def complete_products(products: pd.DataFrame, where: str = "") -> pd.DataFrame:
+    """The PRODUCTS table validated, with every optional column present (absent -> missing values).
+
+    A catalog as it comes may have only product_id and title; an absent column and an empty cell mean
+    the same thing ("unknown"), so every reader gets the same columns and treats both as NaN / None,
+    exactly as training treated missing cells. A column that is null in every row (pyarrow's `null`
+    type reads back as object) is taken as missing numbers, not as a type error.
+    """
+    if not isinstance(products, pd.DataFrame):
+        return PRODUCTS.validate(products, where)  # raises, naming the type
+    df = products.copy()
+    for col in PRODUCTS.columns:
+        if col.name in df.columns:
+            if col.kind == "float" and df[col.name].isna().all():
+                df[col.name] = df[col.name].astype("float64")
+            continue
+        df[col.name] = np.nan if col.kind == "float" else pd.Series([None] * len(df), index=df.index, dtype=object)
+    return PRODUCTS.validate(df, where)
 
 
 def with_query_ids(judgments: pd.DataFrame) -> pd.DataFrame:
@@ -103,8 +133,8 @@ class Dataset:
             if not (root / f"{t}.parquet").exists():
                 raise DatasetError(f"{root}: missing {t}.parquet. Fix: a dataset directory needs "
                                    f"{' and '.join(x + '.parquet' for x in REQUIRED_TABLES)}.")
-        products = read_table(root / "products.parquet", PRODUCTS)
-        judgments = with_query_ids(read_table(root / "judgments.parquet", JUDGMENTS))
+        products = read_table(root / "products.parquet", PRODUCTS, nonempty=True)
+        judgments = with_query_ids(read_table(root / "judgments.parquet", JUDGMENTS, nonempty=True))
         queries = (read_table(root / "queries.parquet", QUERIES) if (root / "queries.parquet").exists()
                    else derive_queries(judgments))
         candidates = (read_table(root / "candidates.parquet", CANDIDATES)
@@ -155,5 +185,5 @@ def update_metadata(root: str | Path, **kv: Any) -> dict[str, Any]:
     return meta
 
 
-__all__ = ["Dataset", "DatasetError", "SchemaError", "read_table", "write_table", "write_metadata",
-           "update_metadata", "derive_queries", "with_query_ids"]
+__all__ = ["Dataset", "DatasetError", "SchemaError", "complete_products", "read_table", "write_table",
+           "write_metadata", "update_metadata", "derive_queries", "with_query_ids"]

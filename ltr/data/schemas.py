@@ -159,17 +159,20 @@ def validate(df: pd.DataFrame, schema: TableSchema, where: str = "") -> pd.DataF
 
 # --- the contracts -------------------------------------------------------------------------------
 
+# Only the id and the title are required: most public catalogs have no price, rating or category, and an
+# absent column means "unknown" (NaN / None) everywhere, as a missing cell does (ltr.data.dataset
+# `complete_products` adds them so readers never test for a column).
 PRODUCTS = TableSchema("products", (
     Column("product_id", "str"),
     Column("title", "str"),
-    Column("description", "str", nullable=True),
-    Column("bullet_points", "str", nullable=True),
-    Column("brand", "str", nullable=True),
-    Column("color", "str", nullable=True),
-    Column("category", "str", nullable=True, doc="' > '-joined path"),
-    Column("price", "float", nullable=True, min=0),
-    Column("rating", "float", nullable=True, min=0, max=5),
-    Column("rating_count", "float", nullable=True, min=0, doc="number of reviews (popularity)"),
+    Column("description", "str", required=False, nullable=True),
+    Column("bullet_points", "str", required=False, nullable=True),
+    Column("brand", "str", required=False, nullable=True),
+    Column("color", "str", required=False, nullable=True),
+    Column("category", "str", required=False, nullable=True, doc="' > '-joined path"),
+    Column("price", "float", required=False, nullable=True, min=0),
+    Column("rating", "float", required=False, nullable=True, min=0, max=5),
+    Column("rating_count", "float", required=False, nullable=True, min=0, doc="number of reviews (popularity)"),
 ), key=("product_id",))
 
 QUERIES = TableSchema("queries", (

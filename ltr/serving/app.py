@@ -35,7 +35,7 @@ from ltr.data.dataset import read_table
 from ltr.data.schemas import PRODUCTS, query_id
 
 from .assemble import FeatureAssembler
-from .model import LoadedModel, ServingError, load_ranker
+from .model import LoadedModel, ServingError, check_bi_encoder, load_ranker
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -345,6 +345,7 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
     """
     fdir = _checked_features_dir(features_dir, max_candidates)
     lm = load_ranker(model_uri, cross_encoder=cross_encoder, tracking_uri=tracking_uri)
+    check_bi_encoder(lm, bi_encoder)
     catalog = load_products(products, fdir)
     store = _open_store(store, fdir, features_cfg)
     ondemand = OnDemandFeatures(catalog, cross_encoder=lm.cross_encoder, bi_encoder=bi_encoder,

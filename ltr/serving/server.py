@@ -6,21 +6,30 @@ from typing import Any
 
 import pandas as pd
 
+from .model import ServingError, check_bi_encoder
+
 
 def run_dir_settings(run_dir: str | Path) -> dict[str, Any]:
-    """create_app settings of a pipeline run dir (ltr.pipeline.RunPaths): RUN/features, RUN/dataset,
-    RUN/cross_encoder/llm_fold0 and RUN/served_logs; parts that are absent are left out."""
+    """create_app settings of a pipeline run dir (ltr.pipeline.RunPaths): RUN/features, RUN/dataset and
+    RUN/served_logs; parts that are absent are left out. The cross-encoder is not among them: the
+    registered model carries the one chosen at training time, so no folder name is guessed here."""
     root = Path(run_dir)
     if not root.is_dir():
-        raise ValueError(f"run_dir={run_dir} does not exist. Fix: pass the --out directory of `ltr run`.")
+        raise ServingError(f"run_dir={run_dir} does not exist. Fix: pass the --out directory of `ltr run`, or "
+                           "--products DATASET_DIR to serve a catalog without a run.")
     out: dict[str, Any] = {"log_dir": root / "served_logs"}
     if (root / "features" / "manifest.json").exists():
         out["features_dir"] = root / "features"
     if (root / "dataset" / "products.parquet").exists():
         out["products"] = root / "dataset"
-    if (root / "cross_encoder" / "llm_fold0" / "config.json").exists():
-        out["cross_encoder"] = root / "cross_encoder" / "llm_fold0"
     return out
+
+
+def check_port(port: Any) -> int:
+    """A TCP port uvicorn can bind, checked before the (slow) model load."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ServingError(f"port must be 0..65535, got {port!r}. Fix: e.g. --port 8000.")
+    return port
 
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8000, features_dir: str | Path | None = None,
@@ -31,15 +40,15 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8000, features_di
     One worker process: the model and the cross-encoder cache live in it; scale out with more replicas
     behind a load balancer rather than with uvicorn workers that would each load the models.
     `app_kwargs` go to `ltr.serving.app.create_app` (cross_encoder, bi_encoder, max_candidates, log_dir,
-    tracking_uri, on_missing, ...). `run_dir` fills features_dir / products / cross_encoder / log_dir from
-    a pipeline run directory (explicit arguments win).
+    tracking_uri, on_missing, ...). `run_dir` fills features_dir / products / log_dir from a pipeline run
+    directory (explicit arguments win). The bi-encoder is checked against the model's record before the
+    port opens.
     """
     import uvicorn
 
     from .app import create_app
 
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be 0..65535, got {port!r}. Fix: e.g. --port 8000.")
+    check_port(port)
     if run_dir is not None:
         rd = run_dir_settings(run_dir)
         features_dir = features_dir if features_dir is not None else rd.pop("features_dir", None)
@@ -49,7 +58,8 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8000, features_di
         for k, v in rd.items():
             app_kwargs.setdefault(k, v)
     app = create_app(model_uri, features_dir, products, **app_kwargs)
+    check_bi_encoder(app.state.model, app_kwargs.get("bi_encoder", "default"))
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
 
 
-__all__ = ["serve"]
+__all__ = ["check_port", "run_dir_settings", "serve"]
