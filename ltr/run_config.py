@@ -67,10 +67,7 @@ class RunConfig(StrictConfig):
         """`train.features` must name what the Feast repo declares; the experiments train like the main
         model unless the config gives them a `train` section of their own."""
         if self.train.features is not None:
-            try:
-                names.resolve(self.train.features, self.features.windows_days, key="train.features")
-            except ValueError as e:
-                raise ValueError(str(e)) from None
+            names.resolve(self.train.features, self.features.windows_days, key="train.features")
         if "train" not in self.experiments.model_fields_set:
             self.experiments = self.experiments.model_copy(update={"train": self.train})
         return self
