@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 BENCHES = ["bench_world", "bench_train", "bench_feast", "bench_crossencoder", "bench_labeler",
-           "bench_serving", "bench_grader", "bench_ce_quality", "bench_ce_transfer"]
+           "bench_serving", "bench_grader", "bench_ce_quality", "bench_ce_transfer", "bench_dask", "bench_encoders",
+           "bench_retrieval", "bench_twotower",
+           "bench_scale"]
 
 
 CE_QUALITY_WITH_LLM_LABELS = ["--extra-labels", "runs/default", "--esci-target", "gain", "--set", "val_fraction=0.2",

@@ -3,18 +3,22 @@
 Same recipe as sentence-transformers for all-MiniLM-L6-v2 (mean pooling over tokens, then L2
 normalisation), done by `ltr.data.encoder.TextEncoder` so it runs offline and caches embeddings: a query is
 scored against ~40-100 candidates and a product appears under many queries, so each distinct text is
-encoded once per `BiEncoder` instance.
+encoded once per `BiEncoder` instance. With a disk cache (`BiEncoder.cached(root)`, `score_pairs(...,
+cache_dir=...)`; `ltr.data.embedding_cache`) each distinct text is encoded once per model across stages and
+runs, in chunks whose embeddings are stored as they finish, so a killed run resumes where it stopped.
 """
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ltr.data.embedding_cache import EmbeddingCache, embed_cached, model_identity
 from ltr.data.encoder import TextEncoder, default_encoder_path, row_cosine
 
 from .text import pair_texts
@@ -41,6 +45,19 @@ class BiEncoder:
             torch.set_num_threads(num_threads)
         self.encoder = TextEncoder(self.path, max_memo=cache_size)
         self.max_length = int(max_length or _default_max_length(self.path))
+        self.disk_cache: EmbeddingCache | None = None
+        self.chunk_texts = 8192
+
+    def cached(self, root: str | Path, chunk_texts: int = 8192) -> BiEncoder:
+        """This encoder (same model, same in-memory memo) reading and writing embeddings under `root`.
+
+        Texts missing from the cache are embedded `chunk_texts` at a time, each chunk stored as it finishes.
+        The default chunk holds a whole default-world catalog, so its batches, hence its bits, are those of
+        an uncached run."""
+        other = copy.copy(self)
+        other.disk_cache = EmbeddingCache(root, model_identity(self.path, self.max_length), self.dim)
+        other.chunk_texts = int(chunk_texts)
+        return other
 
     @property
     def dim(self) -> int:
@@ -51,11 +68,18 @@ class BiEncoder:
         """Texts embedded and kept (what a warm-up such as precomputed product embeddings leaves behind)."""
         return self.encoder.n_memoised
 
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        """Unit-norm embeddings (n, dim); repeated texts are encoded once and cached."""
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False,
+               on_chunk: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Unit-norm embeddings (n, dim); repeated texts are encoded once and cached (on disk too, when cached).
+
+        on_chunk(done, total): called after each chunk of new embeddings is stored (disk cache only)."""
         if isinstance(texts, str):
             raise TypeError("encode() takes a list of texts, got a single str. Fix: wrap it in a list.")
-        return self.encoder.embed([str(t) for t in texts], self.max_length, batch_size, progress, "bi-encoder")
+        texts = [str(t) for t in texts]
+        if self.disk_cache is None:
+            return self.encoder.embed(texts, self.max_length, batch_size, progress, "bi-encoder")
+        return embed_cached(lambda part: self.encoder.embed(part, self.max_length, batch_size, progress, "bi-encoder"),
+                            texts, self.disk_cache, self.chunk_texts, on_chunk)
 
     def cosine(self, queries: Sequence[str], texts: Sequence[str], batch_size: int = 64,
                progress: bool = False) -> np.ndarray:
@@ -92,9 +116,15 @@ def bi_encoder_cosine(queries: Sequence[str], texts: Sequence[str], batch_size: 
 
 def score_pairs(pairs_df: pd.DataFrame, products_df: pd.DataFrame, queries_df: pd.DataFrame,
                 encoder: BiEncoder | None = None, batch_size: int = 64, progress: bool = False,
-                **text_kwargs) -> pd.DataFrame:
-    """Feature table [query_id, product_id, bienc_cos] for the (query_id, product_id) rows of `pairs_df`."""
+                cache_dir: str | Path | None = None, **text_kwargs) -> pd.DataFrame:
+    """Feature table [query_id, product_id, bienc_cos] for the (query_id, product_id) rows of `pairs_df`.
+
+    cache_dir: an embedding cache root (`ltr.data.embedding_cache.default_cache_dir()` for the machine's):
+    texts embedded by any earlier stage or run with the same model are read, not encoded again."""
     qs, ts = pair_texts(pairs_df, products_df, queries_df, **text_kwargs)
+    encoder = encoder or default_biencoder()
+    if cache_dir is not None:
+        encoder = encoder.cached(cache_dir)
     cos = bi_encoder_cosine(qs, ts, batch_size=batch_size, encoder=encoder, progress=progress)
     return pd.DataFrame({"query_id": pairs_df["query_id"].astype(str).to_numpy(),
                          "product_id": pairs_df["product_id"].astype(str).to_numpy(),

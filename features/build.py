@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,7 @@ from ltr.data.dataset import Dataset, write_table
 from ltr.data.schemas import FEATURES, LABELS, Column, TableSchema
 
 from .config import FeaturesConfig
-from .engagement import engagement_features
-from .labels_view import publish_labels
-from .lexical import lexical_features
+from .engagement_sql import engagement_features_parquet, impressed_pairs
 from .product import product_features
 from .store import write_manifest
 
@@ -30,10 +29,11 @@ CONTENT_COLUMNS = ("ce_score", "bienc_cos")
 
 
 def candidate_pairs(ds: Dataset) -> pd.DataFrame:
-    """Every (query, product) pair the ranker may see: candidates, judged pairs, impressed pairs."""
+    """Every (query, product) pair the ranker may see: candidates, judged pairs, impressed pairs (read from the
+    log by DuckDB, in order of first appearance, so the log is never loaded whole)."""
     parts = [ds.candidates[["query_id", "product_id"]], ds.judgments[["query_id", "product_id"]]]
     if ds.has_engagement:
-        parts.append(ds.impressions[["query_id", "product_id"]])
+        parts.append(impressed_pairs(ds.impressions_path))
     return pd.concat(parts, ignore_index=True).drop_duplicates().reset_index(drop=True)
 
 
@@ -51,6 +51,26 @@ def content_frame(ce_scores: pd.DataFrame, static_ts: pd.Timestamp) -> pd.DataFr
             df[c] = np.nan
     df["event_timestamp"] = static_ts
     return df
+
+
+def read_content_scores(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Content scores computed before (a run's RUN/cross_encoder/bienc_scores.parquet and llm_scores.parquet),
+    merged on (query_id, product_id): what `ltr features build --content-scores` reuses instead of embedding
+    the catalog again."""
+    merged: pd.DataFrame | None = None
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"content scores {path} not found. Fix: pass a parquet file a run wrote (e.g. "
+                                    "RUN/cross_encoder/bienc_scores.parquet) or leave --content-scores out.")
+        df = pd.read_parquet(path)
+        cols = [c for c in CONTENT_COLUMNS if c in df.columns]
+        content_frame(df, pd.Timestamp(0, tz="UTC"))  # refuses, naming the columns, a file without scores
+        df = df[["query_id", "product_id"] + cols]
+        merged = df if merged is None else merged.drop(columns=[c for c in cols if c in merged.columns]).merge(
+            df, on=["query_id", "product_id"], how="outer")
+    if merged is None:
+        raise ValueError("no content score files given. Fix: pass --content-scores PATH at least once.")
+    return merged
 
 
 def build_features(dataset_dir: str | Path, out_dir: str | Path, cfg: FeaturesConfig | None = None,
@@ -81,6 +101,7 @@ def build_features(dataset_dir: str | Path, out_dir: str | Path, cfg: FeaturesCo
         return r
 
     if "lexical" in fam:
+        from .lexical import lexical_features  # bm25s: imported by the families that need it
         pairs = candidate_pairs(ds)
         lex = timed("lexical", lambda: lexical_features(pairs, ds.queries, ds.products, progress=progress))
         lex["event_timestamp"] = static_ts
@@ -89,15 +110,15 @@ def build_features(dataset_dir: str | Path, out_dir: str | Path, cfg: FeaturesCo
         pf = timed("product", lambda: product_features(ds.products))
         pf["event_timestamp"] = static_ts
         info["views"]["product_features"] = len(write_table(pf, out / "product_features.parquet", PRODUCT_KEYED))
-    if "engagement" in fam and ds.has_engagement:
-        qp, p = timed("engagement", lambda: engagement_features(
-            ds.impressions, cfg.windows_days, cfg.smoothing, cfg.position_prior_strength))
-        info["views"]["engagement_qp"] = len(write_table(qp, out / "engagement_qp.parquet", FEATURES))
-        info["views"]["engagement_product"] = len(write_table(p, out / "engagement_product.parquet", PRODUCT_KEYED))
+    if "engagement" in fam and ds.has_engagement:  # out of core: the log streams through DuckDB
+        info["views"].update(timed("engagement", lambda: engagement_features_parquet(
+            ds.impressions_path, out / "engagement_qp.parquet", out / "engagement_product.parquet", FEATURES,
+            PRODUCT_KEYED, cfg.windows_days, cfg.smoothing, cfg.position_prior_strength)))
     if "content" in fam and ce_scores is not None:
         info["views"]["content"] = len(write_table(content_frame(ce_scores, static_ts), out / "content.parquet",
                                                    FEATURES))
     if "labels" in fam:
+        from .labels_view import publish_labels  # imports Feast (~250 MB): only the label family needs it
         if labels is None and (Path(dataset_dir) / "labels.parquet").exists():
             labels = Path(dataset_dir) / "labels.parquet"
         if isinstance(labels, (str, Path)):

@@ -44,8 +44,12 @@ class FeaturesConfig(StrictConfig):
     static_timestamp: str = "2000-01-01T00:00:00Z"
     labeler_priority: list[str] = Field(default_factory=lambda: ["human", "llm", "grader", "engagement"])
     bulk_batch_rows: int = Field(50_000, ge=100)
-    #: memory map of the online SQLite file for fast reads (0 turns it off); pages are shared with the OS cache
-    sqlite_read_mmap_mb: int = Field(1024, ge=0)
+    #: memory map of the online SQLite file for serving reads; off by default: a mapped file truncated under a
+    #: running service kills it with SIGBUS (features/online_reader.py); reads are fast without it
+    sqlite_read_mmap_mb: int = Field(0, ge=0)
+    #: the bi-encoder behind `bienc_cos`: a fine-tuned two-tower dir (features/twotower) or None for the
+    #: zero-shot all-MiniLM-L6-v2; `features.twotower.feature_bi_encoder` turns it into the encoder
+    bienc_path: str | None = None
 
     @field_validator("windows_days")
     @classmethod

@@ -40,14 +40,21 @@ def position_expected_clicks(imp: pd.DataFrame, day: np.ndarray, strength: float
     """
     pos = imp["position"].to_numpy()
     frame = pd.DataFrame({"day": day, "pos": pos, "c": imp["clicked"].to_numpy(dtype=np.float64)})
-    g = frame.groupby(["day", "pos"])["c"].agg(["size", "sum"])
+    days, positions, prior = position_prior(frame.groupby(["day", "pos"])["c"].agg(["size", "sum"]), strength)
+    return prior[days.get_indexer(day), positions.get_indexer(pos)]
+
+
+def position_prior(g: pd.DataFrame, strength: float) -> tuple[pd.Index, pd.Index, np.ndarray]:
+    """(days, positions, prior[day, position]) from impressions ("size") and clicks ("sum") per (day, pos).
+
+    Shared by the in-memory and the out-of-core (`features.engagement_sql`) paths: both aggregate to this
+    small table first, so the two priors are the same numbers to the last bit.
+    """
     n = g["size"].unstack(fill_value=0).sort_index().cumsum()
-    c = g["sum"].unstack(fill_value=0.0).sort_index().cumsum()
+    c = g["sum"].astype(np.float64).unstack(fill_value=0.0).sort_index().cumsum()
     mu = (c.sum(axis=1) / n.sum(axis=1)).to_numpy()[:, None]
     prior = (c.to_numpy() + strength * mu) / (n.to_numpy() + strength)
-    di = n.index.get_indexer(day)
-    pi = n.columns.get_indexer(pos)
-    return prior[di, pi]
+    return n.index, n.columns, prior
 
 
 def _windowed(keys: pd.DataFrame, day: np.ndarray, vals: np.ndarray, windows: list[int],
@@ -64,8 +71,36 @@ def _windowed(keys: pd.DataFrame, day: np.ndarray, vals: np.ndarray, windows: li
     comb_sorted = comb_all[order]
     uniq, first = np.unique(comb_sorted, return_index=True)
     daily = np.add.reduceat(vals[order], first, axis=0) if len(first) else np.zeros((0, vals.shape[1]))
-    cs = np.vstack([np.zeros((1, vals.shape[1])), np.cumsum(daily, axis=0)])
-    cps = np.unique(np.concatenate([uniq + 1 + w for w in [0] + list(windows)]))
+    cp_code, cp_day, out = change_point_rows(uniq, daily, windows, g_days, g_cum, m, prefix)
+    first_rows = np.unique(code, return_index=True)[1]
+    key_table = keys.iloc[first_rows].reset_index(drop=True)  # row i holds the key of code i
+    res = key_table.iloc[cp_code].reset_index(drop=True)
+    res["event_timestamp"] = day_timestamps(cp_day)
+    return pd.concat([res, pd.DataFrame(out)], axis=1)
+
+
+def day_timestamps(day: np.ndarray) -> pd.Series:
+    """Start of each UTC day number, as the features' event_timestamp (microseconds, UTC)."""
+    return pd.Series(pd.to_datetime(day * _DAY_NS, utc=True).astype("datetime64[us, UTC]"))
+
+
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    """np.unique of a few concatenated sorted runs: a stable sort merges the runs in linear time, where this
+    numpy's hash-based np.unique took seconds per million values."""
+    x = np.sort(x, kind="stable")
+    return x[np.concatenate([[True], x[1:] != x[:-1]])] if len(x) else x
+
+
+def change_point_rows(uniq: np.ndarray, daily: np.ndarray, windows: list[int], g_days: np.ndarray,
+                      g_cum: np.ndarray, m: float, prefix: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(key code, day, features) of every change point, from per-(key, day) sums.
+
+    uniq: sorted code * _BIG + day of the days a key had events; daily: their sums (impressions, clicks,
+    atc, purchases, expected clicks). A key's values change the day after an event day and the day after
+    it leaves each window. Shared with the out-of-core path, which feeds it one chunk of keys at a time.
+    """
+    cs = np.vstack([np.zeros((1, daily.shape[1])), np.cumsum(daily, axis=0)])
+    cps = _sorted_unique(np.concatenate([uniq + 1 + w for w in [0] + list(windows)]))
     cp_code, cp_day = cps // _BIG, cps % _BIG
     hi = np.searchsorted(uniq, cps, side="left")
     gi = np.searchsorted(g_days, cp_day, side="left")  # global events on days < cp_day
@@ -85,12 +120,7 @@ def _windowed(keys: pd.DataFrame, day: np.ndarray, vals: np.ndarray, windows: li
         out[f"{prefix}_atc_rate_{w}d"] = smoothed_rate(atc, n, m, prior=mu[:, 1])
         out[f"{prefix}_purch_rate_{w}d"] = smoothed_rate(pur, n, m, prior=mu[:, 2])
         out[f"{prefix}_coec_{w}d"] = smoothed_rate(cl, exp, m, prior=1.0)  # clicks over expected clicks
-    first_rows = np.unique(code, return_index=True)[1]
-    key_table = keys.iloc[first_rows].reset_index(drop=True)  # row i holds the key of code i
-    res = key_table.iloc[cp_code].reset_index(drop=True)
-    res["event_timestamp"] = pd.to_datetime(cp_day * _DAY_NS, utc=True).astype("datetime64[us, UTC]")
-    feats = pd.DataFrame(out)[feature_names(prefix, windows)]
-    return pd.concat([res, feats], axis=1)
+    return cp_code, cp_day, {k: out[k] for k in feature_names(prefix, windows)}
 
 
 def engagement_features(impressions: pd.DataFrame, windows: list[int] = (7, 28), smoothing: float = 10.0,

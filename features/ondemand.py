@@ -16,6 +16,7 @@ families a model actually uses. `tests/test_evaluate.py` checks that the values 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from collections import OrderedDict
@@ -110,11 +111,14 @@ class OnDemandFeatures:
     features were built on. cross_encoder / bi_encoder: a model dir or a loaded
     CrossEncoderScorer / BiEncoder; None means that feature cannot be computed (bi_encoder="default"
     loads all-MiniLM-L6-v2 on first use). ce_backend: CrossEncoderScorer's backend (torch, torch-bf16,
-    onnx, onnx-int8) when cross_encoder is a path. Heavy state is built lazily, per feature family.
+    onnx, onnx-int8) when cross_encoder is a path. embedding_cache: an embedding cache root
+    (ltr.data.embedding_cache) the bi-encoder reads product embeddings from and adds to. Heavy state is built
+    lazily, per feature family.
     """
 
     def __init__(self, products: pd.DataFrame, cross_encoder=None, bi_encoder=None,
-                 ce_cache_size: int = 100_000, batch_size: int = 64, ce_backend: str = "torch") -> None:
+                 ce_cache_size: int = 100_000, batch_size: int = 64, ce_backend: str = "torch",
+                 embedding_cache: str | Path | None = None) -> None:
         if not isinstance(products, pd.DataFrame):
             raise OnDemandError(f"products must be a DataFrame (the PRODUCTS table), got {type(products).__name__}."
                                 " Fix: pass pd.read_parquet('DATASET/products.parquet').")
@@ -127,12 +131,24 @@ class OnDemandFeatures:
         self._ce = self._bi = None
         self._lex: L.LexicalIndex | None = None
         self._prod: np.ndarray | None = None
-        self._ce_text: dict[int, tuple[str, str]] = {}
+        self._ce_texts: dict[int, tuple[str, str]] = {}
         self._bi_text: dict[int, str] = {}
         self.ce_cache = LRUCache(ce_cache_size)
+        self.lex_cache = LRUCache(ce_cache_size)
         self.batch_size = batch_size
         self.ce_backend = ce_backend
+        self.embedding_cache = embedding_cache
         self._lock = threading.RLock()
+
+    def with_cross_encoder(self, cross_encoder) -> OnDemandFeatures:
+        """A copy that shares this catalog's built state (BM25 indexes, product features, bi-encoder and its
+        embeddings) but scores with another cross-encoder, behind an empty cache: what a model reload needs
+        (a new version may carry a new cross-encoder; its scores must not come from the old one's cache)."""
+        new = copy.copy(self)
+        new._ce_src, new._ce, new._ce_texts = cross_encoder, None, {}
+        new.ce_cache = LRUCache(self.ce_cache.maxsize)
+        new._lock = threading.RLock()
+        return new
 
     # -- what can be computed ---------------------------------------------------------------------------
     @property
@@ -209,6 +225,8 @@ class OnDemandFeatures:
                 src = self._bi_src
                 self._bi = (src if isinstance(src, BiEncoder) else
                             default_biencoder() if str(src) == "default" else BiEncoder(Path(src)))
+                if self.embedding_cache is not None:  # product embeddings the offline build stored are read
+                    self._bi = self._bi.cached(self.embedding_cache)
             return self._bi
 
     # -- computing ---------------------------------------------------------------------------------------
@@ -222,19 +240,45 @@ class OnDemandFeatures:
                                 "Fix: pass ids of products in the catalog the service was started with.")
         return self.pos.to_numpy()[idx]
 
+    def _ce_text(self, d: int) -> tuple[str, str]:
+        """(text the cross-encoder reads, its hash) of catalog row d, rendered once."""
+        if d not in self._ce_texts:
+            tk = {k: v for k, v in self._cross_encoder().meta.get("text", {}).items()
+                  if k in ("fields", "max_bullet_chars", "max_description_chars")}
+            t = product_text(self.products.iloc[d], **tk)
+            self._ce_texts[d] = (t, _text_hash(t))
+        return self._ce_texts[d]
+
+    def ce_lookup(self, query: str, docs: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """Cached cross-encoder scores of (query, docs) (NaN where not cached) and the texts to score the
+        rest: how the service splits a request into free pairs and work for the cross-encoder."""
+        out = np.full(len(docs), np.nan)
+        texts = []
+        for i, d in enumerate(docs):
+            t, h = self._ce_text(int(d))
+            texts.append(t)
+            hit = self.ce_cache.get((query, h))
+            if hit is not None:
+                out[i] = hit
+        return out, texts
+
+    def ce_score_texts(self, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+        """Cross-encoder scores of already rendered (query, text) pairs, uncached: the service's batcher."""
+        return self._cross_encoder().score(list(queries), list(texts), batch_size=max(1, len(texts)),
+                                           progress=False).astype(np.float64)
+
+    def ce_remember(self, query: str, docs: np.ndarray, scores: np.ndarray) -> None:
+        """Put scores computed elsewhere (the service's batcher) into the cache; NaN (not scored) is skipped."""
+        for d, v in zip(docs, scores):
+            if np.isfinite(v):
+                self.ce_cache.put((query, self._ce_text(int(d))[1]), float(v))
+
     def _ce_scores(self, queries: Sequence[str], docs: np.ndarray, progress: bool) -> np.ndarray:
-        ce = self._cross_encoder()
-        tk = {k: v for k, v in ce.meta.get("text", {}).items()
-              if k in ("fields", "max_bullet_chars", "max_description_chars")}
         out = np.empty(len(docs), np.float64)
         todo: dict[tuple[str, str], list[int]] = {}
         texts: dict[tuple[str, str], str] = {}
         for i, (q, d) in enumerate(zip(queries, docs)):
-            d = int(d)
-            if d not in self._ce_text:
-                t = product_text(self.products.iloc[d], **tk)
-                self._ce_text[d] = (t, _text_hash(t))
-            t, h = self._ce_text[d]
+            t, h = self._ce_text(int(d))
             key = (q, h)
             hit = self.ce_cache.get(key)
             if hit is None:
@@ -244,8 +288,8 @@ class OnDemandFeatures:
                 out[i] = hit
         if todo:
             keys = list(todo)
-            s = ce.score([k[0] for k in keys], [texts[k] for k in keys], batch_size=self.batch_size,
-                         progress=progress)
+            s = self._cross_encoder().score([k[0] for k in keys], [texts[k] for k in keys],
+                                            batch_size=self.batch_size, progress=progress)
             for k, v in zip(keys, s.astype(np.float64)):
                 self.ce_cache.put(k, float(v))
                 out[todo[k]] = v
@@ -260,6 +304,41 @@ class OnDemandFeatures:
                 self._bi_text[d] = product_text(self.products.iloc[d])
             texts.append(self._bi_text[d])
         return bi.cosine(list(queries), texts, batch_size=self.batch_size, progress=progress).astype(np.float64)
+
+    def _lexical_one_query(self, query: str, docs: np.ndarray) -> np.ndarray:
+        """Lexical rows of one query's candidates behind a (query, product) cache: a query seen again (the
+        head of the traffic) costs lookups instead of ~10 ms of tokenising and matching."""
+        rows = [self.lex_cache.get((query, int(d))) for d in docs]
+        todo = np.array([i for i, r in enumerate(rows) if r is None], dtype=np.int64)
+        if len(todo):
+            fresh = self._lexical().features(query, docs[todo])
+            for i, row in zip(todo, fresh):
+                rows[i] = row
+                self.lex_cache.put((query, int(docs[i])), row)
+        return np.vstack(rows)
+
+    def family_values(self, family: str, queries: Sequence[str], docs: np.ndarray,
+                      progress: bool = False) -> np.ndarray:
+        """(len(docs), len(FAMILIES[family])) float matrix for one feature family: the one computation that
+        `compute` (a table) and the service (a matrix, no frame per request) share."""
+        n = len(docs)
+        if family == "lexical":
+            lex = self._lexical()
+            mat = np.full((n, len(L.LEXICAL_FEATURES)), np.nan)
+            if n and all(q == queries[0] for q in queries):  # the serving case: one query, no grouping
+                return self._lexical_one_query(queries[0], docs)
+            groups = pd.Series(np.arange(n)).groupby(np.asarray(queries, dtype=object), sort=False)
+            for _, rows in tqdm(groups, total=groups.ngroups, desc="lexical", disable=not progress, leave=False):
+                r = rows.to_numpy()
+                mat[r] = lex.features(queries[r[0]], docs[r])
+            return mat
+        if family == "product":
+            return self._product()[docs] if n else np.zeros((0, len(PRODUCT_FEATURES)))
+        if family == "bienc":
+            return (self._bienc(queries, docs, progress) if n else np.zeros(0))[:, None]
+        if family == "ce":
+            return (self._ce_scores(queries, docs, progress) if n else np.zeros(0))[:, None]
+        raise OnDemandError(f"unknown feature family {family!r}. Fix: use one of {sorted(FAMILIES)}.")
 
     def compute(self, pairs: pd.DataFrame, features: Iterable[str] | None = None,
                 progress: bool = False) -> pd.DataFrame:
@@ -282,28 +361,12 @@ class OnDemandFeatures:
         docs = self.positions(pairs["product_id"], field="pairs.product_id")
         out: dict[str, np.ndarray] = {"query_id": np.array([query_id(q) for q in queries], dtype=object),
                                       "product_id": np.array([str(p) for p in pairs["product_id"]], dtype=object)}
-        fams = {family_of(f) for f in want}
-        n = len(pairs)
-        if "lexical" in fams:
-            lex = self._lexical()
-            mat = np.full((n, len(L.LEXICAL_FEATURES)), np.nan)
-            groups = pd.Series(np.arange(n)).groupby(out["query_id"], sort=False)
-            for _, rows in tqdm(groups, total=groups.ngroups, desc="lexical", disable=not progress, leave=False):
-                r = rows.to_numpy()
-                mat[r] = lex.features(queries[r[0]], docs[r])
-            for j, f in enumerate(L.LEXICAL_FEATURES):
+        for fam in dict.fromkeys(family_of(f) for f in want):
+            mat = self.family_values(fam, queries, docs, progress)
+            for j, f in enumerate(FAMILIES[fam]):
                 out[f] = mat[:, j]
-        if "product" in fams:
-            pm = self._product()[docs] if n else np.zeros((0, len(PRODUCT_FEATURES)))
-            for j, f in enumerate(PRODUCT_FEATURES):
-                out[f] = pm[:, j]
-        if "bienc" in fams:
-            out[BIENC_FEATURE] = self._bienc(queries, docs, progress) if n else np.zeros(0)
-        if "ce" in fams:
-            out[CE_FEATURE] = self._ce_scores(queries, docs, progress) if n else np.zeros(0)
         df = pd.DataFrame(out)
         return df[["query_id", "product_id"] + [f for f in want if f in df.columns]]
-
 
 __all__ = [
     "BIENC_FEATURE",

@@ -5,8 +5,7 @@ into SQLite here). `OnlineWriter` takes the latest row per entity straight from 
 serializes keys and float values vectorised into exactly the bytes Feast writes, and writes one batch at a time
 (SQLite: a staged INSERT ... SELECT, so SQLite expands entities into Feast's row-per-feature layout itself;
 Redis: all of a batch's commands packed by hiredis and sent in one write, as `redis-cli --pipe` does).
-`SqliteReader` serves one query's candidates with one SELECT per view over a memory-mapped read-only connection,
-because Feast's generic reader spends ~0.15 ms per entity in Python.
+Its reading counterpart for serving is `features.online_reader.SqliteReader`.
 
 Why it refuses so much: it reproduces one layout, not Feast's writer. It knows entity key serialization v3,
 string join keys, Float64 features, file sources holding exactly the view's columns, table and hash-field names
@@ -281,9 +280,30 @@ class _Batch:
     values: np.ndarray  # rows x features (the plan's order), float64, NaN = null
 
 
-def _latest_rows(df: pd.DataFrame, keys: list[str], ts: str) -> pd.DataFrame:
-    """The latest row per entity key, which is what an online store keeps."""
-    return df.sort_values(ts, kind="stable").drop_duplicates(keys, keep="last")
+def latest_rows(plan: ViewPlan, memory_limit: str | None = None) -> pd.DataFrame:
+    """The latest row per entity key of a view's parquet source, which is what an online store keeps.
+
+    Picked by DuckDB while it scans the file, so a source with many rows per entity (the engagement views
+    hold one per change day) is never loaded whole: memory grows with the entities, not the rows. A tie on
+    the event time goes to the row written last, as a stable sort by time then keep-last would."""
+    import tempfile
+
+    from .duckdb_io import DEFAULT_MEMORY, arrow_table, connect, parquet_source
+
+    cols = ", ".join(f'"{c}"' for c in plan.columns)
+    keys = ", ".join(f'"{k}"' for k in plan.keys)
+    src = parquet_source(plan.path)
+    # the row number of each entity's latest row (a hash aggregate), then those rows: a fifth of the CPU of a
+    # window (`QUALIFY row_number() OVER ...`) that sorts every entity's rows (16x world: 1.1 s vs 6 s)
+    ts = f'"{plan.timestamp_field}"'
+    pick = f"SELECT max(struct_pack(t := {ts}, r := file_row_number)).r AS r FROM {src} GROUP BY {keys}"
+    sql = f"SELECT {cols} FROM {src} WHERE file_row_number IN ({pick})"
+    with tempfile.TemporaryDirectory(prefix="ltr-duckdb-") as tmp:
+        con = connect(memory_limit or DEFAULT_MEMORY, temp_dir=tmp)
+        try:
+            return arrow_table(con.sql(sql)).to_pandas()
+        finally:
+            con.close()
 
 
 class OnlineWriter:
@@ -307,7 +327,7 @@ class OnlineWriter:
         target = (_SqliteTarget if online_kind(self.fs.config) == "sqlite" else _RedisTarget)(self.fs.config)
         done: dict[str, int] = {}
         for p in plans:
-            df = _latest_rows(pd.read_parquet(p.path, columns=p.columns), p.keys, p.timestamp_field)
+            df = latest_rows(p)
             ek = encode_entity_keys(df, p.keys)
             order = sorted(range(len(df)), key=ek.__getitem__)  # key order: each batch appends to the B-tree
             df, ek = df.iloc[order], [ek[i] for i in order]
@@ -440,53 +460,3 @@ class _RedisTarget:
             writes.append(tuple(args))
         if writes:
             self._send(writes)
-
-
-# --- the fast reader ---------------------------------------------------------------------------------------
-class SqliteReader:
-    """Reads one query's candidates from Feast's SQLite tables with one SELECT per view."""
-
-    def __init__(self, config: Any, mmap_mb: int):
-        self.db, self.project, self.mmap_mb = sqlite_path(config), config.project, mmap_mb
-        self._con: sqlite3.Connection | None = None
-
-    def connection(self) -> sqlite3.Connection:
-        """Kept for the reader's lifetime and memory-mapped, so hot pages cost no syscalls."""
-        if self._con is None:
-            if not self.db.exists():
-                raise FeatureStoreError(f"{self.db} does not exist. Fix: call apply() and materialize first.")
-            con = sqlite3.connect(f"{self.db.as_uri()}?mode=ro", uri=True, check_same_thread=False, timeout=60)
-            con.execute(f"PRAGMA mmap_size={self.mmap_mb << 20}")
-            con.execute("PRAGMA cache_size=-65536")
-            self._con = con
-        return self._con
-
-    def _view_matrix(self, view: str, ek: list[bytes], feats: list[str]) -> np.ndarray:
-        """Values of `feats` for each of the entity keys `ek` (NaN where absent), decoded vectorised."""
-        kpos: dict[bytes, int] = {}
-        for k in ek:
-            kpos.setdefault(k, len(kpos))
-        got = self.connection().execute(
-            f'SELECT entity_key, feature_name, value FROM "{self.project}_{view}" '
-            f"WHERE entity_key IN ({','.join('?' * len(kpos))})", list(kpos)).fetchall()
-        fpos = {f: j for j, f in enumerate(feats)}
-        mat = np.full((len(kpos), len(feats)), np.nan)
-        if got:
-            ks, fs, vs = zip(*got)
-            ri = np.fromiter((kpos[k] for k in ks), dtype=np.int64, count=len(ks))
-            ci = np.fromiter((fpos.get(f, -1) for f in fs), dtype=np.int64, count=len(fs))
-            ok = ci >= 0
-            mat[ri[ok], ci[ok]] = decode_values(list(vs))[ok]
-        return mat[np.fromiter((kpos[k] for k in ek), dtype=np.int64, count=len(ek))]
-
-    def read(self, query_id: str, product_ids: list[str], views: dict[str, tuple[list[str], list[str]]]
-             ) -> pd.DataFrame:
-        """Rows in `product_ids` order; `views` maps each view to its (join keys, features)."""
-        n = len(product_ids)
-        values = {"query_id": [query_id] * n, "product_id": product_ids}
-        res: dict[str, Any] = dict(values)
-        for v, (keys, feats) in views.items():
-            sub = self._view_matrix(v, encode_key_columns({k: values[k] for k in keys}), feats)
-            for j, f in enumerate(feats):
-                res[f] = sub[:, j]
-        return pd.DataFrame(res)

@@ -14,7 +14,8 @@ The repo config is rendered into STORE_DIR/feature_store.yaml (DuckDB offline st
 Why a bulk path: Feast's materialize upserts row by row in Python (~3k rows/s into SQLite here);
 `bulk_materialize` hands the views to `features.online_writer.OnlineWriter`, which writes the same bytes in
 bulk and refuses, before writing anything, the Feast settings whose layout it does not reproduce. Online reads
-of the SQLite store go through its `SqliteReader`; `fast=False` (or Redis) goes through Feast's reader.
+of the SQLite store go through `features.online_reader.SqliteReader` (built to survive a store file that is
+moved, truncated or locked under a running service); `fast=False` (or Redis) goes through Feast's reader.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ import pandas as pd
 import yaml
 
 from .config import FeaturesConfig
-from .online_writer import FeatureStoreError, OnlineWriter, SqliteReader, fast_read_supported
+from .online_reader import SqliteReader
+from .online_writer import FeatureStoreError, OnlineWriter, fast_read_supported
 
 __all__ = ["FeatureStoreError", "LtrStore", "load_repo_module", "render_store_config", "write_manifest"]
 
@@ -190,7 +192,9 @@ class LtrStore:
         if fast and fast_read_supported(self.fs.config):
             feats = self.repo.view_features(self.cfg.windows_days)
             wanted = {v: (self.repo.VIEW_KEYS[v], feats[v]) for v in (views or self.views)}
-            return self._fast_reader().read(query_id, [str(p) for p in product_ids], wanted)
+            pids = [str(p) for p in product_ids]
+            vals = self._fast_reader().read(query_id, pids, wanted)
+            return pd.DataFrame({"query_id": [query_id] * len(pids), "product_id": pids, **vals})
         rows = [{"query_id": query_id, "product_id": str(p)} for p in product_ids]
         refs = self.feature_refs(views)
         res = self.fs.get_online_features(features=refs, entity_rows=rows).to_df()
@@ -200,8 +204,19 @@ class LtrStore:
                 res[c] = pd.to_numeric(res[c], errors="coerce").astype("float64")
         return res
 
+    def online_matrix(self, query_id: str, product_ids: list[str], features: list[str]) -> np.ndarray:
+        """The serving read: `features` (all served by this store) for each candidate, as a float matrix in
+        `product_ids` order, NaN where absent; no frame is built on the fast path."""
+        if fast_read_supported(self.fs.config):
+            feats = self.repo.view_features(self.cfg.windows_days)
+            wanted = {v: (self.repo.VIEW_KEYS[v], [f for f in feats[v] if f in features]) for v in self.views}
+            vals = self._fast_reader().read(query_id, [str(p) for p in product_ids],
+                                            {v: w for v, w in wanted.items() if w[1]})
+            return np.column_stack([vals[f] for f in features]) if features else np.zeros((len(product_ids), 0))
+        return self.get_online_features(query_id, product_ids, fast=False)[features].to_numpy(np.float64)
+
     def _fast_reader(self) -> SqliteReader:
-        """One reader per store: its memory-mapped connection is what makes repeated reads cheap."""
+        """One reader per store: its open connection and page cache are what make repeated reads cheap."""
         if self._reader is None:
             self._reader = SqliteReader(self.fs.config, self.cfg.sqlite_read_mmap_mb)
         return self._reader

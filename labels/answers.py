@@ -45,7 +45,10 @@ def structured_fields(via: str) -> tuple[dict[str, Any], dict[str, Any]]:
         return {}, {"guided_json": GRADE_SCHEMA}
     if via == "json_schema":  # llama.cpp server's own field
         return {}, {"json_schema": GRADE_SCHEMA}
-    raise ValueError(f"unknown structured_via {via!r}. Fix: use response_format, guided_json or json_schema.")
+    if via == "json_object":  # llama-cpp-python's server (its response_format knows no json_schema type), llama-server
+        return {"response_format": {"type": "json_object", "schema": GRADE_SCHEMA}}, {}
+    raise ValueError(f"unknown structured_via {via!r}. Fix: use response_format, guided_json, json_schema or "
+                     "json_object.")
 
 
 def structured_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -95,8 +98,9 @@ def _grade_token(content: list, structured: bool) -> tuple[Mapping[str, Any], st
     return None
 
 
-def _text_grade(text: str, structured: bool) -> tuple[str, str]:
-    """(grade digit, source) from the reply text: the JSON answer's grade, else the last 'score:' number."""
+def _text_grade(text: str, structured: bool, truncated: bool = False) -> tuple[str, str]:
+    """(grade digit, source) from the reply text: the JSON answer's grade, else the last 'score:' number
+    (a JSON answer cut off by the output budget is an error: a number in its intent is not the grade)."""
     if structured:
         try:
             ans = json.loads(text)
@@ -105,6 +109,9 @@ def _text_grade(text: str, structured: bool) -> tuple[str, str]:
             g = None
         if (isinstance(g, int) and not isinstance(g, bool)) or (isinstance(g, str) and g.strip().isdigit()):
             return str(g).strip(), "one-hot"
+        if truncated:
+            raise LabelerError(f"the JSON answer was cut off by the output budget (finish_reason 'length'; reply "
+                               f"{text[:200]!r}). Fix: raise openai.max_tokens.")
     m = _NUMBER.search(text.split("score:")[-1] if "score:" in text else text)
     if m is None:
         raise LabelerError(f"reply holds no grade (reply {text[:200]!r}). Fix: use a model that follows the prompt, "
@@ -129,7 +136,7 @@ def choice_distribution(choice: Mapping[str, Any], structured: bool) -> tuple[tu
     if not text and choice.get("finish_reason") == "length":
         raise LabelerError("the reply is empty: the output budget ran out (finish_reason 'length'; a reasoning "
                            "model spends it on thinking). Fix: raise openai.max_tokens.")
-    g, source = _text_grade(text, structured)
+    g, source = _text_grade(text, structured, choice.get("finish_reason") == "length")
     if g not in _GRADES:
         raise _bad_grade(g, text)
     probs = [0.0] * 4

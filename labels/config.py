@@ -52,9 +52,10 @@ class OpenAISettings(StrictConfig):
     profile: ProfileSettings = Field(default_factory=ProfileSettings)
     output: Literal["auto", "logprobs", "json_schema", "text"] = Field(
         "auto", description="auto: logprobs where the profile has them, else the structured (JSON) answer")
-    structured_via: Literal["response_format", "guided_json", "json_schema"] = Field(
+    structured_via: Literal["response_format", "guided_json", "json_schema", "json_object"] = Field(
         "response_format", description="how the JSON schema is sent: OpenAI/Azure/Ollama/vLLM response_format, "
-                                       "vLLM's guided_json or llama.cpp's json_schema field")
+                                       "vLLM's guided_json, llama.cpp llama-server's json_schema field, or "
+                                       "response_format {type: json_object, schema} (llama-cpp-python's server)")
     samples: int = Field(1, ge=1, le=32, description="n answers per pair, averaged into the distribution")
     extra_body: dict[str, Any] = Field(
         default_factory=dict,

@@ -48,6 +48,10 @@ def fit_grader_on_dataset(ds: Dataset, out_dir: Path, cfg: LabelConfig, holdout_
     """Fit the local grader on the dataset's human judgments (the seed set), holding out a seeded,
     query-grouped share of queries so the calibration report is measured on pairs it never saw."""
     from .backends.grader import FineTunedGrader
+    if ds.judgments.empty:  # a catalog with a query log only (its candidates mined by ltr.retrieval)
+        raise LabelerError(f"{ds.root}: the grader backend is fitted on human judgments and this dataset has none. "
+                           "Fix: set labels.grader.dir to a fitted grader, or grade with backend openai, "
+                           "causal_lm, cascade (tiers without grader) or imported.")
     j = ds.judgments.merge(ds.products, on="product_id", how="inner")
     qs = np.array(sorted(j["query_id"].unique()))
     rng = np.random.default_rng(cfg.grader.seed)
@@ -64,7 +68,7 @@ def fit_grader_on_dataset(ds: Dataset, out_dir: Path, cfg: LabelConfig, holdout_
 
 
 def _single(kind: str, section: Any, cfg: LabelConfig, meter: CostMeter, grader_dir: Path | None,
-            prompt_version: str | None = None) -> Backend:
+            prompt_version: str | None = None, client: Any = None) -> Backend:
     if kind == "openai":
         from .backends.openai import OpenAIBackend
         return OpenAIBackend(section or cfg.openai, prompt_version or cfg.prompt_version, meter, cfg.prices,
@@ -80,12 +84,17 @@ def _single(kind: str, section: Any, cfg: LabelConfig, meter: CostMeter, grader_
         d = (section.dir if section is not None and section.dir else None) or cfg.grader.dir or grader_dir
         if d is None:
             raise ValueError("grader backend needs grader.dir (a fitted grader) or a dataset with judgments.")
+        if client is not None:  # compute.engine: dask -> graded over partitions on the workers
+            from .distributed import BackendSpec, PartitionedBackend
+            return PartitionedBackend(BackendSpec.of(GraderBackend, grader_dir=str(d), progress=False), client)
         return GraderBackend(d)
     raise ValueError(f"unknown backend {kind!r}")
 
 
-def make_backend(cfg: LabelConfig, meter: CostMeter, cache: LabelCache | None, grader_dir: Path | None = None
-                 ) -> Backend:
+def make_backend(cfg: LabelConfig, meter: CostMeter, cache: LabelCache | None, grader_dir: Path | None = None,
+                 client: Any = None) -> Backend:
+    """The configured backend; with a Dask `client`, local tiers (the grader) grade over partitions on the
+    workers and API tiers stay in this process (labels.distributed)."""
     if cfg.backend == "cascade":
         from .cascade import CascadeBackend, Tier
         assert cfg.cascade is not None
@@ -93,21 +102,23 @@ def make_backend(cfg: LabelConfig, meter: CostMeter, cache: LabelCache | None, g
         for t in cfg.cascade.tiers:
             t: TierConfig
             sec = {"openai": t.openai, "causal_lm": t.causal_lm, "grader": t.grader}[t.backend]
-            tiers.append(Tier(_single(t.backend, sec, cfg, meter, grader_dir), t.escalate_if_margin_below,
+            tiers.append(Tier(_single(t.backend, sec, cfg, meter, grader_dir, client=client),
+                              t.escalate_if_margin_below,
                               t.escalate_if_entropy_above))
         return CascadeBackend(tiers, cache)
     if cfg.backend == "judges":
-        return _judges(cfg, meter, cache, grader_dir)
-    return _single(cfg.backend, None, cfg, meter, grader_dir)
+        return _judges(cfg, meter, cache, grader_dir, client)
+    return _single(cfg.backend, None, cfg, meter, grader_dir, client=client)
 
 
-def _judges(cfg: LabelConfig, meter: CostMeter, cache: LabelCache | None, grader_dir: Path | None) -> Backend:
+def _judges(cfg: LabelConfig, meter: CostMeter, cache: LabelCache | None, grader_dir: Path | None,
+            client: Any = None) -> Backend:
     from .judges import JudgesBackend
     judges = []
     for j in cfg.judges:
         j: JudgeConfig
         sec = {"openai": j.openai, "causal_lm": j.causal_lm, "grader": j.grader}[j.backend]
-        be = _single(j.backend, sec, cfg, meter, grader_dir, j.prompt_version)
+        be = _single(j.backend, sec, cfg, meter, grader_dir, j.prompt_version, client)
         judges.append((j.name or f"{be.name}:{be.model}@{be.prompt_version}", be))
     return JudgesBackend(judges, cfg.combine, cache)
 
@@ -121,12 +132,21 @@ def _labels_frame(pairs: list[Pair], results, created: pd.Timestamp) -> pd.DataF
     return df.sort_values(["query_id", "product_id"]).reset_index(drop=True)
 
 
+def _with_level(labels: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
+    """A mined pair's difficulty level (candidates.parquet `level`, from ltr.retrieval) travels with its
+    label as provenance, so every label says why the pair was chosen for grading."""
+    if "level" not in candidates.columns:
+        return labels
+    return labels.merge(candidates[["query_id", "product_id", "level"]], on=["query_id", "product_id"], how="left")
+
+
 def _import_only(ds: Dataset, out_path: Path, cfg: LabelConfig, summary: dict[str, Any], t0: float) -> dict:
     """Imported judgments need no grading: keep those of the dataset's candidate pairs."""
     from .backends.imported import import_labels
     assert cfg.imported is not None
     lab = import_labels(cfg.imported.path, cfg.imported.format)
     lab = lab.merge(ds.candidates[["query_id", "product_id"]], on=["query_id", "product_id"], how="inner")
+    lab = _with_level(lab, ds.candidates)
     valid = write_table(lab, out_path, LABELS)
     summary.update(n_pairs=len(ds.candidates), n_labelled=len(valid), seconds=round(time.perf_counter() - t0, 2))
     return summary
@@ -190,11 +210,12 @@ def _calibration(valid: pd.DataFrame, ds: Dataset, held: set[str] | None, out_pa
 
 
 def label_pairs(dataset_dir: str | Path, out_path: str | Path, cfg: LabelConfig | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, client: Any = None) -> dict:
     """Grade every candidate pair of the dataset at `dataset_dir`; write LABELS to `out_path` (parquet).
 
     Returns a summary: pairs, graded now / from cache / not graded (budget), tokens and dollars spent
-    this run, cascade tier counts, and a calibration report on the judged pairs."""
+    this run, cascade tier counts, and a calibration report on the judged pairs. With a Dask `client`, the
+    grader (alone or as a tier) grades over partitions on the workers (`labels.distributed`)."""
     cfg = cfg or LabelConfig()
     t0 = time.perf_counter()
     out_path = Path(out_path)
@@ -216,16 +237,19 @@ def label_pairs(dataset_dir: str | Path, out_path: str | Path, cfg: LabelConfig 
     meter = CostMeter(max_dollars=cfg.max_dollars)
     cache = LabelCache(cfg.cache_path or out_dir / "label_cache.sqlite")
     try:
-        backend = make_backend(cfg, meter, cache, grader_dir)
+        backend = make_backend(cfg, meter, cache, grader_dir, client)
         summary["model"] = backend.model
         results, n_cached, n_new = _grade_all(backend, pairs, cache, meter, cfg, progress, summary)
-        valid = write_table(_labels_frame(pairs, results, pd.Timestamp.now(tz="UTC").floor("s")), out_path, LABELS)
+        valid = write_table(_with_level(_labels_frame(pairs, results, pd.Timestamp.now(tz="UTC").floor("s")),
+                                        ds.candidates), out_path, LABELS)
     finally:
         cache.close()
     summary.update(n_pairs=len(pairs), n_labelled=len(valid), n_not_graded=sum(r is None for r in results),
                    n_from_cache=n_cached, n_graded_now=n_new, stopped_reason=getattr(backend, "stopped_reason", None),
                    cost_this_run=meter.summary(), label_cost_total=float(valid["cost"].sum()),
                    seconds=round(time.perf_counter() - t0, 2))
+    if "level" in valid.columns:
+        summary["labels_per_level"] = {str(k): int(v) for k, v in valid["level"].value_counts().sort_index().items()}
     if cfg.calibrate and len(valid):
         summary["calibration"] = _calibration(valid, ds, held, out_path)
     if cfg.backend == "judges":

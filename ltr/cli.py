@@ -208,6 +208,64 @@ def label_calibrate(labels_path: Path = typer.Option(..., "--labels", help="labe
     _echo_json({k: rep[k] for k in ("n_pairs", "accuracy", "kappa_quadratic", "spearman") if k in rep})
 
 
+# --- retrieval and mining (ltr/retrieval/) ---------------------------------------------------------
+
+@app.command("retrieve")
+@_guard
+def retrieve_cmd(dataset: Path = typer.Option(..., "--dataset", help="Dataset directory: products.parquet and "
+                                              "queries.parquet (or judgments.parquet); no candidates needed."),
+                 out: Path = typer.Option(..., "--out", help="retrieved.parquet to write (rank metadata)."),
+                 k: Optional[int] = typer.Option(None, "--k", help="Top-k of each retriever (default 50)."),
+                 champion: Optional[str] = typer.Option(None, "--champion", help="Registered model that re-ranks "
+                                                        "the union, e.g. models:/ltr-ranker@champion."),
+                 bienc: Optional[Path] = typer.Option(None, "--bienc", help="Bi-encoder model dir (default: the "
+                                                      "zero-shot all-MiniLM-L6-v2)."),
+                 config: Optional[Path] = ConfigOpt, tracking_uri: Optional[str] = TrackingOpt) -> None:
+    """BM25 and the bi-encoder over the whole catalog (the champion re-ranks their union): every pair's ranks."""
+    from ltr.retrieval.commands import retrieve_file
+    from ltr.tracking import resolve_tracking_uri
+    cfg = _config(config, **{"retrieval.k": k, "retrieval.champion": champion,
+                             "retrieval.bienc_path": str(bienc) if bienc else None})
+    uri = resolve_tracking_uri(tracking_uri) if tracking_uri else cfg.tracking.uri
+    _echo_json(retrieve_file(dataset, out, cfg.retrieval, tracking_uri=uri))
+
+
+def _weights(pairs: list[str]) -> Optional[dict]:
+    """--weight LEVEL=W options as a dict (None: the config's weights)."""
+    from ltr.data.config import ConfigError
+    out = {}
+    for w in pairs:
+        name, _, val = w.partition("=")
+        try:
+            out[name.strip()] = float(val)
+        except ValueError:
+            raise ConfigError(f"--weight {w!r} is not LEVEL=NUMBER. Fix: e.g. --weight hard_negative=0.3.") from None
+    return out or None
+
+
+@app.command("mine")
+@_guard
+def mine_cmd(retrieved: Path = typer.Option(..., "--retrieved", help="retrieved.parquet from `ltr retrieve`."),
+             out: Path = typer.Option(..., "--out", help="mined.parquet to write: every pair's level and whether "
+                                      "the budget chose it (`selected`)."),
+             budget: Optional[int] = typer.Option(None, "--budget", help="Pairs to label (default: 30 per query)."),
+             weight: list[str] = typer.Option([], "--weight", help="LEVEL=W, repeatable; replaces the default "
+                                              "weights (levels: easy_positive, easy_negative, medium, "
+                                              "hard_positive, hard_negative)."),
+             top: Optional[int] = typer.Option(None, "--top", help="A rank <= top counts as 'at the top' "
+                                               "(default 10)."),
+             dataset: Optional[Path] = typer.Option(None, "--dataset", help="The dataset the pairs were retrieved "
+                                                    "from (needed with --dataset-out)."),
+             dataset_out: Optional[Path] = typer.Option(None, "--dataset-out", help="Also write a dataset dir "
+                                                        "whose candidates are the chosen pairs with their level "
+                                                        "(then `ltr label --dataset` it)."),
+             seed: Optional[int] = SeedOpt, config: Optional[Path] = ConfigOpt) -> None:
+    """Sort retrieved pairs into difficulty levels by retriever agreement; choose a label budget across levels."""
+    from ltr.retrieval.commands import mine_file
+    cfg = _config(config, seed, **{"mining.budget": budget, "mining.weights": _weights(weight), "mining.top": top})
+    _echo_json(mine_file(retrieved, out, cfg.mining, seed=cfg.seed, dataset=dataset, dataset_out=dataset_out))
+
+
 # --- features --------------------------------------------------------------------------------------
 
 @features_app.command("build")
@@ -216,18 +274,23 @@ def features_build(dataset: Path = typer.Option(..., "--dataset"),
                    out: Path = typer.Option(..., "--out", help="Features directory (parquet sources + Feast repo)."),
                    labels_path: Optional[Path] = typer.Option(None, "--labels", help="LLM labels parquet to publish."),
                    ce_model: Optional[Path] = typer.Option(None, "--ce-model", help="Cross-encoder dir for ce_score."),
+                   content_scores: Optional[list[Path]] = typer.Option(
+                       None, "--content-scores", help="Precomputed bienc_cos / ce_score parquet (repeatable), e.g. "
+                       "RUN/cross_encoder/bienc_scores.parquet: reused instead of embedding the catalog again."),
                    config: Optional[Path] = ConfigOpt) -> None:
     """Compute lexical, product, engagement, content (bi-/cross-encoder) and label tables."""
     from features.biencoder import score_pairs as bienc
-    from features.build import build_features
+    from features.build import build_features, read_content_scores
     from ltr.data import Dataset
+    from ltr.data.embedding_cache import default_cache_dir
     cfg = _config(config)
     ds = Dataset.load(dataset)
-    content = bienc(ds.candidates, ds.products, ds.queries, progress=True)
+    content = (read_content_scores(content_scores) if content_scores else
+               bienc(ds.candidates, ds.products, ds.queries, progress=True, cache_dir=default_cache_dir()))
     if ce_model is not None:
         from features.crossencoder import CrossEncoderScorer, score_pairs
         ce = score_pairs(ds.candidates, ds.products, ds.queries, CrossEncoderScorer(ce_model), progress=True)
-        content = content.merge(ce, on=["query_id", "product_id"])
+        content = content.drop(columns=["ce_score"], errors="ignore").merge(ce, on=["query_id", "product_id"])
     _echo_json(build_features(dataset, out, cfg.features, ce_scores=content, labels=labels_path))
 
 
@@ -304,16 +367,30 @@ def serve(model: str = typer.Option("models:/ltr-ranker@champion", "--model"),
           products: Optional[Path] = typer.Option(None, "--products", help="Catalog to serve (dataset dir or "
                                                   "products.parquet) without a run; request-time features only."),
           host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
-          tracking_uri: Optional[str] = TrackingOpt) -> None:
+          tracking_uri: Optional[str] = TrackingOpt,
+          rerank_k: int = typer.Option(30, "--rerank-k", help="Second phase: cross-encoder on the top k."),
+          ce_deadline_ms: float = typer.Option(80.0, "--ce-deadline-ms", help="Cross-encoder time per request; "
+                                               "pairs not scored by then stay missing."),
+          reload_poll_s: float = typer.Option(30.0, "--reload-poll-s", help="Seconds between checks of the "
+                                              "model alias in the registry (0: never reload)."),
+          max_inflight: int = typer.Option(32, "--max-inflight", help="Requests in progress at once; 503 beyond."),
+          precompute_embeddings: bool = typer.Option(True, "--precompute-embeddings/--lazy-embeddings",
+                                                     help="Have every product's bi-encoder embedding in memory "
+                                                     "before the port opens (read from the embedding cache the "
+                                                     "offline build filled; computed where absent).")) -> None:
     """Serve POST /v1/rank over HTTP with the registered model (and its cross-encoder) and Feast online features."""
+    from ltr.serving.app import _serving_config
     from ltr.serving.server import check_port
     from ltr.serving.server import serve as _serve
     from ltr.tracking import resolve_tracking_uri
     check_port(port)
+    cfg = _serving_config({"rerank_k": rerank_k, "ce_deadline_ms": ce_deadline_ms, "reload_poll_s": reload_poll_s,
+                           "max_inflight": max_inflight}, None)
     if run_dir is None and products is None:
         run_dir = Path("runs/default")
     _serve(model, run_dir=run_dir, products=products, host=host, port=port,
-           tracking_uri=resolve_tracking_uri(tracking_uri))
+           tracking_uri=resolve_tracking_uri(tracking_uri), serving=cfg,
+           precompute_embeddings=precompute_embeddings)
 
 
 def main() -> None:  # console-script entry point

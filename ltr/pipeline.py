@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from ltr.data.dataset import Dataset
-from ltr.data.engagement import COUNT_COLUMNS, pair_counts, smoothed_rate
+from ltr.data.engagement import COUNT_COLUMNS, smoothed_rate
 from ltr.run_config import RunConfig
 
 
@@ -101,12 +102,36 @@ def stage_dataset(cfg: RunConfig, paths: RunPaths) -> Path:
                     raise ValueError("dataset.path is required when dataset.source is 'esci'.")
                 load_esci(d.path, ds_dir)
             _stamp(ds_dir, key)
+    ds_dir = stage_mine(cfg, paths, ds_dir)
     ds = Dataset.load(ds_dir)
     if not ds.has_engagement and d.simulate_engagement:
         from ltr.sim.sessions import simulate_engagement
         _log("stage dataset: no engagement log; simulating one (reported as simulated)")
         simulate_engagement(ds_dir, seed=cfg.seed, relevance=d.simulated_relevance)
     return ds_dir
+
+
+def stage_mine(cfg: RunConfig, paths: RunPaths, ds_dir: Path) -> Path:
+    """A dataset without candidate lists (products + queries) gets them from catalog-wide retrieval and
+    label-free mining (`ltr.retrieval`): RUN/retrieval/KEY/dataset, its candidates the budget's pairs with
+    their difficulty level. Any other dataset passes through unless `retrieval.enabled: true`."""
+    from ltr.retrieval.stage import check_labeler, mine_dataset, wants_retrieval
+    ds = Dataset.load(ds_dir)
+    if not wants_retrieval(cfg.retrieval, ds):
+        return ds_dir
+    check_labeler(cfg.labels, ds)
+    stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(ds_dir).glob("*.parquet"))
+    key = _digest({"src": str(ds_dir), "files": stats, "r": cfg.retrieval.model_dump(mode="json"),
+                   "m": cfg.mining.model_dump(mode="json"), "seed": cfg.seed})
+    out = paths.root / "retrieval" / key
+    if _stamp_ok(out, key) and (out / "dataset").is_dir():
+        _log("stage mine: up to date")
+        return out / "dataset"
+    _log(f"stage mine: retrieving over the whole catalog of {ds_dir} (no candidate lists), mining levels")
+    s = mine_dataset(ds_dir, out, cfg.retrieval, cfg.mining, seed=cfg.seed, tracking_uri=cfg.tracking.uri)
+    _log(f"  mined: {s['retrieved_pairs']} retrieved pairs, {s['selected']} chosen to label: {s['allocation']}")
+    _stamp(out, key)
+    return out / "dataset"
 
 
 # --- stage 2: labels -----------------------------------------------------------------------------
@@ -119,7 +144,7 @@ def stage_labels(cfg: RunConfig, paths: RunPaths, ds_dir: Path) -> dict[str, Any
         _log("stage labels: up to date")
         return json.loads(summary_path.read_text()) if summary_path.exists() else {}
     _log(f"stage labels: grading candidate pairs with backend '{cfg.labels.backend}'")
-    s = label_pairs(ds_dir, paths.labels, cfg.labels)
+    s = label_pairs(ds_dir, paths.labels, cfg.labels, client=dask_client_of(cfg))
     _stamp(paths.labels, key)
     return s
 
@@ -142,7 +167,8 @@ def stage_cross_encoder(cfg: RunConfig, paths: RunPaths, ds: Dataset, targets: p
     `targets` holds (query_id, product_id, score in [0,1]): LLM labels for the `ce_score` feature, or
     purchase labels for the Hopit.ai comparison. Returns DataFrame[query_id, product_id, <column>].
     """
-    from features.crossencoder import CrossEncoderScorer, fine_tune_cross_encoder, score_pairs
+    from features.crossencoder import CrossEncoderScorer, fine_tune_cross_encoder
+    from features.resumable import score_in_chunks
     col = "ce_score" if name == "llm" else f"ce_{name}_score"
     out_path = paths.ce / f"{name}_scores.parquet"
     key = _digest({"ce": cfg.cross_encoder.model_dump(mode="json"), "n": len(targets),
@@ -163,22 +189,45 @@ def stage_cross_encoder(cfg: RunConfig, paths: RunPaths, ds: Dataset, targets: p
                                 cfg.cross_encoder, seed=cfg.seed + f)
         scorer = CrossEncoderScorer(mdir)
         sub = cand[cand_fold == f].reset_index(drop=True)
-        parts.append(score_pairs(sub, ds.products, ds.queries, scorer, progress=True))
+        # chunks written as they finish (RUN/cross_encoder/<name>_fold<f>.parts): a killed run resumes there
+        parts.append(score_in_chunks(sub, _ce_chunk_scorer(cfg, ds, scorer, mdir),
+                                     paths.ce / f"{name}_fold{f}.parts", scorer.version, progress=True))
     scores = pd.concat(parts, ignore_index=True).rename(columns={"ce_score": col})
     scores = scores.sort_values(["query_id", "product_id"]).reset_index(drop=True)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     scores.to_parquet(out_path, index=False)
     _stamp(out_path, key)
+    for f in range(n_folds):
+        shutil.rmtree(paths.ce / f"{name}_fold{f}.parts", ignore_errors=True)
     return scores
 
 
-def bi_encoder_scores(ds: Dataset, paths: RunPaths) -> pd.DataFrame:
+def _ce_chunk_scorer(cfg: RunConfig, ds: Dataset, scorer: Any, mdir: Path):
+    """Scores one chunk of pairs: here, or with `compute.engine: dask` over partitions on the workers (the
+    model loaded once per worker; features.distributed_scoring)."""
+    from features.crossencoder import score_pairs
+    client = dask_client_of(cfg)
+    if client is None:
+        return lambda c: score_pairs(c, ds.products, ds.queries, scorer, progress=True)
+    from features.distributed_scoring import score_distributed
+    return lambda c: score_distributed(c, ds.products, ds.queries, "ce", mdir, client=client)
+
+
+def bi_encoder_scores(ds: Dataset, paths: RunPaths, client: Any = None) -> pd.DataFrame:
     from features.biencoder import score_pairs
+    from ltr.data.embedding_cache import default_cache_dir
     out_path = paths.ce / "bienc_scores.parquet"
     if out_path.exists() and len(pd.read_parquet(out_path, columns=["query_id"])) == len(ds.candidates):
         return pd.read_parquet(out_path)
     _log("stage cross-encoder: zero-shot bi-encoder cosine for every candidate")
-    s = score_pairs(ds.candidates[["query_id", "product_id"]], ds.products, ds.queries, progress=True)
+    # embeddings come from (and go to) the machine's embedding cache: a product embedded by an earlier run is read
+    if client is not None:  # compute.engine: dask: over partitions, the model loaded once per worker
+        from features.distributed_scoring import score_distributed
+        s = score_distributed(ds.candidates[["query_id", "product_id"]], ds.products, ds.queries, "bienc",
+                              client=client)
+    else:
+        s = score_pairs(ds.candidates[["query_id", "product_id"]], ds.products, ds.queries, progress=True,
+                        cache_dir=default_cache_dir())
     out_path.parent.mkdir(parents=True, exist_ok=True)
     s.to_parquet(out_path, index=False)
     return s
@@ -186,15 +235,20 @@ def bi_encoder_scores(ds: Dataset, paths: RunPaths) -> pd.DataFrame:
 
 # --- engagement windows ----------------------------------------------------------------------------
 
-def engagement_cutoff(impressions: pd.DataFrame, label_days: int) -> pd.Timestamp:
-    """Features are as of the cutoff; engagement labels come from the last `label_days` days."""
-    end = impressions["ts"].max().floor("D") + pd.Timedelta(days=1)
+def engagement_cutoff(impressions: pd.DataFrame | str | Path, label_days: int) -> pd.Timestamp:
+    """Features are as of the cutoff; engagement labels come from the last `label_days` days.
+
+    `impressions`: the log as a frame, or its parquet file (scanned, never loaded whole)."""
+    from features.engagement_sql import log_time_range
+    last = impressions["ts"].max() if isinstance(impressions, pd.DataFrame) else log_time_range(impressions)[1]
+    end = last.floor("D") + pd.Timedelta(days=1)
     return end - pd.Timedelta(days=label_days)
 
 
 def purchase_targets(ds: Dataset, cutoff: pd.Timestamp) -> pd.DataFrame:
     """Purchase labels for the Hopit.ai arm: smoothed purchase rate of each pair before the cutoff, in [0,1]."""
-    c = pair_counts(ds.impressions, end=cutoff)
+    from features.engagement_sql import pair_counts_sql
+    c = pair_counts_sql(ds.impressions_path, end=cutoff)
     rate = smoothed_rate(c["purchases"], c["impressions"], smoothing=1.0, prior=0.01)
     c["score"] = (rate / rate.max()).clip(0, 1)
     return c[["query_id", "product_id", "score"]]
@@ -233,7 +287,8 @@ def stage_training_frame(cfg: RunConfig, paths: RunPaths, ds: Dataset, store: An
     frame = store.get_training_frame(ent, labels=True)
     frame = frame.rename(columns={"label_score": "content_score"})
     frame = frame.drop(columns=[c for c in ("label_grade", "labeler", "labeler_kind") if c in frame.columns])
-    after = pair_counts(ds.impressions, start=cutoff) if ds.has_engagement else None
+    from features.engagement_sql import pair_counts_sql  # the log is scanned, never loaded whole
+    after = pair_counts_sql(ds.impressions_path, start=cutoff) if ds.has_engagement else None
     if after is not None:
         frame = frame.merge(after, on=["query_id", "product_id"], how="left")
         for c in COUNT_COLUMNS:
@@ -244,6 +299,8 @@ def stage_training_frame(cfg: RunConfig, paths: RunPaths, ds: Dataset, store: An
     truth = ds.load_truth()
     grades = truth if truth is not None else ds.judgments[["query_id", "product_id", "grade"]]
     frame = frame.merge(grades[["query_id", "product_id", "grade"]], on=["query_id", "product_id"], how="left")
+    if grade_source(ds) == "labels":  # no human grade anywhere: evaluate against the labeler (reports say so)
+        frame["grade"] = (frame["content_score"] * 3).round()
     if "segment" in ds.queries.columns:
         frame = frame.merge(ds.queries[["query_id", "segment"]], on="query_id", how="left")
     frame = frame.sort_values(["query_id", "product_id"]).reset_index(drop=True)
@@ -305,7 +362,10 @@ def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, te
     op = tres.tuned
     _log(f"stage train: XGBoost LambdaMART at the operating point alpha={op.alpha:.3g} beta={op.beta:.3g} "
          f"blend={op.blend_weight:.3g}")
-    res = train_and_evaluate(train_part, tres.best_config, test_frame=test_part)
+    best = tres.best_config
+    if cfg.compute.engine == "dask" and best.model.kind == "xgboost":  # same trees, trained on the cluster
+        best = best.model_copy(update={"model": best.model.model_copy(update={"kind": "xgboost_dask"})})
+    res = train_and_evaluate(train_part, best, test_frame=test_part)
     ce_dir = paths.ce / "llm_fold0" if paths is not None else None
     ce_dir = ce_dir if ce_dir is not None and (ce_dir / "config.json").exists() else None
     ds_dir = Path(extra_params["dataset"]) if "dataset" in extra_params else None
@@ -321,6 +381,12 @@ def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, te
     return {"operating_point": op.model_dump(), "test_metrics": res.metrics,
             "model_uri": f"models:/{cfg.tracking.model_name}@champion", "model_version": version,
             "mlflow_run_id": run_id}
+
+
+def grade_source(ds: Dataset) -> str:
+    """What evaluation grades come from: truth (evaluation only), human judgments, or, for a catalog with a
+    query log and nothing judged, the labeler's own grades (a measure of agreement with it, not truth)."""
+    return "truth" if (ds.root / "truth.parquet").exists() else "judgments" if len(ds.judgments) else "labels"
 
 
 def engagement_source(ds: Dataset) -> str:
@@ -385,7 +451,7 @@ def stage_content(cfg: RunConfig, paths: RunPaths, ds: Dataset, cutoff: pd.Times
                   ) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
     """Content features (bi-encoder cosine, cross-fitted cross-encoder) and the experiment-only purchase CE."""
     labels = pd.read_parquet(paths.labels)
-    content = bi_encoder_scores(ds, paths)
+    content = bi_encoder_scores(ds, paths, dask_client_of(cfg))
     ce = stage_cross_encoder(cfg, paths, ds, labels[["query_id", "product_id", "score"]], "llm")
     content = content.merge(ce, on=["query_id", "product_id"], how="left")
     extra = [stage_cross_encoder(cfg, paths, ds, purchase_targets(ds, cutoff), "purchase")] if with_purchase_ce else []
@@ -394,8 +460,26 @@ def stage_content(cfg: RunConfig, paths: RunPaths, ds: Dataset, cutoff: pd.Times
 
 # --- the whole job ---------------------------------------------------------------------------------
 
+def dask_client_of(cfg: RunConfig) -> Any:
+    """The job's Dask client when `compute.engine: dask` (opened once by `run_all`), else None."""
+    if cfg.compute.engine != "dask":
+        return None
+    from ltr.data.engine import current_client
+    return current_client(cfg.compute.scheduler_address)
+
+
 def run_all(cfg: RunConfig, out: str | Path, skip_experiments: bool = False) -> dict[str, Any]:
-    """Run the main job end to end; returns a summary and writes reports under OUT/reports."""
+    """Run the main job end to end; returns a summary and writes reports under OUT/reports. With
+    `compute.engine: dask` the whole job shares one Dask client: labels (grader), bi- and cross-encoder
+    scoring and the champion's training run on the cluster; tuning trials stay in this process."""
+    if cfg.compute.engine != "dask":
+        return _run_stages(cfg, out, skip_experiments)
+    from ltr.data.engine import dask_client
+    with dask_client(cfg.compute):
+        return _run_stages(cfg, out, skip_experiments)
+
+
+def _run_stages(cfg: RunConfig, out: str | Path, skip_experiments: bool) -> dict[str, Any]:
     t0 = time.time()
     run = Run(cfg, RunPaths(Path(out)))
     paths = run.paths
@@ -403,7 +487,7 @@ def run_all(cfg: RunConfig, out: str | Path, skip_experiments: bool = False) -> 
     ds_dir = run.timed("dataset", stage_dataset, cfg, paths)
     ds = Dataset.load(ds_dir)
     label_summary = run.timed("labels", stage_labels, cfg, paths, ds_dir)
-    cutoff = engagement_cutoff(ds.impressions, cfg.train_window.label_days)
+    cutoff = engagement_cutoff(ds.impressions_path, cfg.train_window.label_days)
     content, extra = run.timed("cross_encoder", stage_content, cfg, paths, ds, cutoff,
                                "e" in cfg.experiments.arms and not skip_experiments)
     store = run.timed("features", stage_features, cfg, paths, ds_dir, content)
@@ -416,6 +500,9 @@ def run_all(cfg: RunConfig, out: str | Path, skip_experiments: bool = False) -> 
     run.summary.update(run.timed("train_register", stage_train_register, cfg, tres, train_part, test_part,
                                  {"dataset": str(ds_dir), "cutoff": str(cutoff)}, paths=paths))
     run.summary["engagement_source"] = engagement_source(ds)
+    run.summary["grade_source"] = grade_source(ds)
+    if "candidates" in ds.metadata:
+        run.summary["mined_candidates"] = ds.metadata["candidates"]
     run.summary["cold_start"] = run.timed("cold_start", stage_cold_start, cfg, tres, train_part, test_part,
                                           run.summary["test_metrics"])
     (paths.reports / "train_metrics.json").write_text(json.dumps(run.summary, indent=2, default=str) + "\n")

@@ -7,8 +7,8 @@
 - `LGBMLambdaMART`: LightGBM `lambdarank`, the baseline on the same features. LightGBM only takes
   integer relevance labels, so continuous labels are bucketed to 0..31 with a *linear* label gain.
 
-Scale-out (not implemented here, by design): `xgboost.dask.DaskXGBRanker` (or `xgboost.spark`) takes the
-same parameters; keep each query group on one worker (partition by qid) so pairs never cross workers.
+Scale-out: `ltr.dask_ranker.DaskXGBLambdaMART` (model kind `xgboost_dask`) is the same ranker trained by
+`xgboost.dask.DaskXGBRanker` with each query group whole on one partition.
 """
 from __future__ import annotations
 
@@ -132,6 +132,14 @@ class _RankerBase(BaseEstimator):
             Xf.columns = self.feature_names_
         return self._predict(Xf)
 
+    def predict_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Scores of a float matrix whose columns are already `feature_names_` (NaN = missing), in one
+        thread: the serving path, where a pandas frame per 100-row request costs more than the trees."""
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != len(self.feature_names_):
+            raise RankerError(f"X has shape {X.shape}; the model expects (n, {len(self.feature_names_)}).")
+        return np.asarray(self._predict_matrix(X), dtype="float64")
+
 
 class XGBLambdaMART(_RankerBase):
     """XGBoost LambdaMART (`rank:ndcg`). See module docstring."""
@@ -199,6 +207,15 @@ class XGBLambdaMART(_RankerBase):
 
     def _predict(self, X: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.model_.predict(X), dtype="float64")
+
+    def _predict_matrix(self, X: np.ndarray) -> np.ndarray:
+        booster = self.model_.get_booster()
+        if getattr(self, "_serving_booster", None) is not booster:  # one thread: 100 rows do not split well
+            booster.set_param({"nthread": 1})
+            self._serving_booster = booster
+        best = getattr(self.model_, "best_iteration", None)  # what XGBRanker.predict uses
+        return booster.inplace_predict(X, iteration_range=(0, best + 1) if best is not None else (0, 0),
+                                       validate_features=False)
 
     def feature_importance(self, importance_type: str = "gain") -> dict[str, float]:
         score = self.model_.get_booster().get_score(importance_type=importance_type)
@@ -274,6 +291,9 @@ class LGBMLambdaMART(_RankerBase):
     def _predict(self, X: pd.DataFrame) -> np.ndarray:
         return np.asarray(self.model_.predict(X), dtype="float64")
 
+    def _predict_matrix(self, X: np.ndarray) -> np.ndarray:
+        return self._booster().predict(X, num_threads=1)  # best iteration by default, as LGBMRanker.predict
+
     def _booster(self):
         return getattr(self.model_, "booster_", self.model_)  # LGBMRanker or a bare (MLflow-loaded) Booster
 
@@ -296,7 +316,8 @@ RANKERS = {"xgboost": XGBLambdaMART, "lightgbm": LGBMLambdaMART}
 
 
 def make_ranker(kind: str = "xgboost", **params) -> _RankerBase:
-    """Build a ranker by name ('xgboost' | 'lightgbm') with constructor parameters."""
+    """Build a ranker by name ('xgboost' | 'lightgbm') with constructor parameters (the Dask one is
+    `ltr.dask_ranker.DaskXGBLambdaMART`, which imports this module)."""
     if kind not in RANKERS:
         raise RankerError(f"ranker kind {kind!r} unknown. Fix: use one of {sorted(RANKERS)}.")
     return RANKERS[kind](**params)

@@ -15,6 +15,8 @@ from features.config import FeaturesConfig
 from features.crossencoder import CrossEncoderConfig
 from labels.config import LabelConfig
 from ltr.data.config import StrictConfig
+from ltr.data.engine import ComputeConfig
+from ltr.retrieval.config import MiningConfig, RetrievalConfig
 from ltr.sim.world import WorldConfig
 from ltr.tracking import DEFAULT_TRACKING_URI
 from ltr.train_config import ExperimentConfig, TrainConfig, TuneConfig
@@ -61,6 +63,10 @@ class RunConfig(StrictConfig):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     train_window: WindowConfig = Field(default_factory=WindowConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig, description="engine: local | dask: "
+                                   "training, batch scoring and labelling on a Dask cluster")
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
 
     @model_validator(mode="after")
     def _one_train_section(self) -> RunConfig:

@@ -46,6 +46,9 @@ def ranker_from_config(cfg: TrainConfig, ndcg_exp_gain: bool = False):
     """The ranker `cfg.model` describes: ModelConfig's fields are the rankers' own parameter names, so
     they pass through as they are (LightGBM bins at most 255 and buckets continuous labels)."""
     params = cfg.model.model_dump(exclude={"kind"}) | {"random_state": cfg.seed}
+    if cfg.model.kind == "xgboost_dask":  # each worker uses its own threads: n_jobs=2 per worker oversubscribes
+        from .dask_ranker import DaskXGBLambdaMART  # imports dask only when asked for
+        return DaskXGBLambdaMART(ndcg_exp_gain=ndcg_exp_gain, **(params | {"n_jobs": None}))
     if cfg.model.kind == "xgboost":
         return make_ranker("xgboost", ndcg_exp_gain=ndcg_exp_gain, **params)
     return make_ranker("lightgbm", **(params | {"max_bin": min(cfg.model.max_bin, 255),

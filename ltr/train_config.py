@@ -52,7 +52,9 @@ class ModelConfig(StrictConfig):
     """LambdaMART hyper-parameters shared by the XGBoost ranker and the LightGBM baseline; each field is the
     rankers' parameter of the same name (ltr.rankers), so a config key reaches the estimator as it is."""
 
-    kind: Literal["xgboost", "lightgbm"] = "xgboost"
+    kind: Literal["xgboost", "lightgbm", "xgboost_dask"] = Field(
+        "xgboost", description="xgboost_dask: the XGBoost ranker trained on the Dask cluster of `compute` "
+        "(a run with compute.engine: dask picks it for xgboost by itself)")
     n_estimators: int = Field(300, ge=1)
     learning_rate: float = Field(0.1, gt=0, le=1)
     max_depth: int = Field(6, ge=1, le=16)

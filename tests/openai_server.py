@@ -140,6 +140,8 @@ class Grader:
         rf = req.get("response_format") or {}
         if rf.get("type") == "json_schema":
             return "grade" in (((rf.get("json_schema") or {}).get("schema") or {}).get("properties") or {})
+        if rf.get("type") == "json_object":  # llama-cpp-python's server: the schema rides in response_format
+            return "grade" in ((rf.get("schema") or {}).get("properties") or {})
         return isinstance(req.get("guided_json"), dict) or isinstance(req.get("json_schema"), dict)
 
     def choice(self, req: dict, prompt: str, index: int, mode: str) -> tuple[dict, int]:

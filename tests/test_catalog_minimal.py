@@ -26,6 +26,7 @@ from ltr.data.dataset import Dataset, read_table
 from ltr.data.schemas import PRODUCTS, SchemaError, query_id
 from ltr.serving.app import create_app
 from ltr.serving.demo import demo_dataset, train_and_register
+from ltr.serving.served_log import read_served_log
 
 ROOT = Path(__file__).resolve().parents[1]
 ENG = ["eng_qp_ctr_7d", "eng_p_ctr_28d"]
@@ -130,13 +131,15 @@ def test_serving_a_title_only_catalog(shop, tmp_path):
     q = ds.judgments["query"].iloc[0]
     pids = list(ds.judgments.loc[ds.judgments["query"] == q, "product_id"])
     with T.using_tracking(shop["store_uri"], "catalog-test"):
-        app = create_app(shop["uri"], feat, products=None, bi_encoder=None, log_dir=tmp_path / "logs")
+        app = create_app(shop["uri"], feat, products=None, bi_encoder=None, log_dir=tmp_path / "logs",
+                         serving={"rerank_k": len(pids), "ce_deadline_ms": 120_000})  # every pair, no deadline
         with TestClient(app) as c:
             r = c.post("/v1/rank", json={"query": q, "product_ids": pids, "request_id": "title-only"})
         model = T.load_model(shop["uri"])
     assert r.status_code == 200, r.text
-    line = json.loads(next((tmp_path / "logs").glob("served-*.jsonl")).read_text().splitlines()[0])
-    served = pd.DataFrame(line["features"]).astype(float)
+    # leaving the client closed the app, which flushed its served-feature log
+    served = read_served_log(tmp_path / "logs").set_index("product_id").loc[pids].reset_index().astype(
+        {f: float for f in model.feature_names_})
     assert served[["prod_price", "prod_rating", "prod_desc_len"]].isna().all().all()
     assert served["prod_title_len"].notna().all() and served[ENG].notna().any().all()
     lex = lexical_features(pd.DataFrame({"query_id": query_id(q), "product_id": pids}), ds.queries, ds.products,

@@ -158,6 +158,16 @@ def test_structured_output_through_vllm_and_llama_cpp_fields(via):
         assert r.probs == _one_hot(grade_for(_prompt(be, _pairs(1)[0]))) and r.output_mode == "json_schema/one-hot"
 
 
+def test_structured_output_through_llama_cpp_python_json_object():
+    with OpenAIServer() as srv:
+        be = OpenAIBackend(_settings(srv, model="smollm2", output="json_schema", structured_via="json_object",
+                                     profile={"logprobs": False}))
+        (r,) = be.grade(_pairs(1))
+        rf = srv.last_request["response_format"]
+        assert rf["type"] == "json_object" and rf["schema"]["properties"]["grade"]["enum"] == [0, 1, 2, 3]
+        assert r.probs == _one_hot(grade_for(_prompt(be, _pairs(1)[0]))) and r.output_mode == "json_schema/one-hot"
+
+
 def test_text_output_and_missing_logprobs_are_stated_one_hot():
     with OpenAIServer(mode="no_logprobs_text") as srv:
         (r,) = OpenAIBackend(_settings(srv)).grade(_pairs(1))

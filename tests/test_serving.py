@@ -33,11 +33,15 @@ from ltr.data.schemas import query_id
 from ltr.serving.app import create_app
 from ltr.serving.demo import demo_dataset, save_encoder, train_and_register
 from ltr.serving.model import ServingError, check_bi_encoder, load_ranker
+from ltr.serving.served_log import read_served_log
 
 torch.set_num_threads(2)
 ENG = ["eng_qp_ctr_7d", "eng_qp_impr_28d", "eng_p_ctr_28d"]
 FEATURES = list(ONDEMAND_FEATURES) + ENG
 MAX = 40
+# every candidate through the cross-encoder, no deadline to miss on a busy machine: rankings equal the model's
+# on offline features; the phases and their deadline have their own tests (tests/test_serving_phases.py)
+EXACT = {"rerank_k": MAX, "ce_deadline_ms": 120_000, "log": {"part_records": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,8 @@ def world(tmp_path_factory):
     X = pd.concat([X, eng.reset_index(drop=True)], axis=1)
     with T.using_tracking(f"sqlite:///{root}/mlflow.db", "serving-test", (root / "artifacts").as_uri()):
         uri = train_and_register(X, j["grade"], j["query_id"], "ltr-serving-test", cross_encoder=ce)
-        app = create_app(uri, feat, products=None, bi_encoder=ce, log_dir=root / "logs", max_candidates=MAX)
+        app = create_app(uri, feat, products=None, bi_encoder=ce, log_dir=root / "logs", max_candidates=MAX,
+                         serving=EXACT)
         yield {"root": root, "ds": ds, "ce": ce, "feat": feat, "uri": uri, "app": app, "store": store, "X": X,
                "j": j}
     mp.undo()
@@ -101,9 +106,16 @@ def _offline_frame(world, q, pids):
     return out[FEATURES]
 
 
-def _log_lines(world):
-    return [json.loads(x) for f in sorted((world["root"] / "logs").glob("served-*.jsonl"))
-            for x in f.read_text().splitlines()]
+def _served(world, rid, timeout=20.0):
+    """The served-log rows of request `rid` (written by the log's thread, so waited for)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        log = read_served_log(world["root"] / "logs")
+        rows = log[log["request_id"] == rid]
+        if len(rows):
+            return rows.reset_index(drop=True)
+        time.sleep(0.05)
+    raise AssertionError(f"request {rid} never reached the served log")
 
 
 def test_rank_equals_model_on_offline_features(world, client):
@@ -121,9 +133,12 @@ def test_rank_equals_model_on_offline_features(world, client):
     expected = T.load_model(world["uri"]).predict(offline, missing="nan")
     got = {x["product_id"]: x["score"] for x in body["results"]}
     assert np.allclose([got[p] for p in pids], expected, rtol=1e-5, atol=1e-6)
-    line = next(x for x in _log_lines(world) if x["request_id"] == "req-offline")
-    served = pd.DataFrame({f: line["features"][f] for f in FEATURES}).astype(float)
+    rows = _served(world, "req-offline").set_index("product_id").loc[pids]
+    served = rows[FEATURES].astype(float).reset_index(drop=True)
     assert np.allclose(served.to_numpy(), offline.to_numpy(), equal_nan=True, atol=1e-5)
+    assert (rows["position"].to_numpy() == [next(x["rank"] for x in body["results"] if x["product_id"] == p)
+                                            for p in pids]).all()
+    assert (rows["model_version"] == "1").all() and body["ce_scored"] == body["ce_wanted"] == len(pids)
     assert served[ENG].notna().any().all()                      # engagement really came from the store
 
 
@@ -133,15 +148,15 @@ def test_unseen_query_gets_request_time_features_and_nan_engagement(world, clien
     r = client.post("/v1/rank", json={"query": q, "product_ids": pids, "request_id": "req-unseen", "top_k": 5})
     assert r.status_code == 200, r.text
     assert len(r.json()["results"]) == 5
-    line = next(x for x in _log_lines(world) if x["request_id"] == "req-unseen")
-    served = pd.DataFrame(line["features"]).astype(float)
+    rows = _served(world, "req-unseen").set_index("product_id").loc[pids].reset_index()
+    served = rows[FEATURES].astype(float)
     offline = _offline_frame(world, q, pids)
     assert np.allclose(served[list(ONDEMAND_FEATURES)].to_numpy(), offline[list(ONDEMAND_FEATURES)].to_numpy(),
                        equal_nan=True, atol=1e-5)
     assert served["eng_qp_ctr_7d"].isna().all()                 # never shown: NaN, as in training
     assert served["eng_p_ctr_28d"].notna().any()                # product-level engagement still from the store
     top5 = [x["product_id"] for x in r.json()["results"]]
-    full = sorted(zip(line["scores"], pids), key=lambda t: (-t[0], t[1]))
+    full = sorted(zip(rows["score"], pids), key=lambda t: (-t[0], t[1]))
     assert top5 == [p for _, p in full[:5]]
 
 
@@ -156,12 +171,13 @@ def test_unseen_query_gets_request_time_features_and_nan_engagement(world, clien
     ({"query": "x", "product_ids": ["D0001"], "colour": "red"}, "colour", "Extra inputs"),
 ])
 def test_bad_input_is_422_naming_the_field(world, client, payload, field, needle):
-    n_lines = len(_log_lines(world))
+    log = world["app"].state.service.served_log
+    n_records = log.written_records + log._q.qsize()
     r = client.post("/v1/rank", json=payload)
     assert r.status_code == 422
     d = r.json()["detail"][0]
     assert d["loc"][-1] == field and needle in d["msg"]
-    assert len(_log_lines(world)) == n_lines                    # nothing logged for rejected requests
+    assert log.written_records + log._q.qsize() == n_records  # nothing logged for rejected requests
 
 
 def test_health_and_metrics(world, client):
@@ -189,7 +205,7 @@ def test_health_and_metrics(world, client):
 
 
 def test_cross_encoder_cache_hits_on_repeat(world, client):
-    od = world["app"].state.assembler.ondemand
+    od = world["app"].state.service.live.ondemand
     body = {"query": "white desk lamp", "product_ids": ["D0003", "D0009", "D0015"]}
     r1 = client.post("/v1/rank", json=body).json()
     hits, misses = od.ce_cache.hits, od.ce_cache.misses
@@ -323,7 +339,7 @@ def self_contained(world, tmp_path_factory):
 
 def test_self_contained_model_serves_with_only_its_uri(world, self_contained):
     app = create_app(self_contained["uri"], world["feat"], bi_encoder=world["ce"])   # no cross_encoder given
-    lm = app.state.model
+    lm = app.state.service.live.model
     assert lm.cross_encoder == Path(os.environ["LTR_MODEL_CACHE"]) / lm.run_id / "cross_encoder"
     assert T.dir_digest(lm.cross_encoder) == T.dir_digest(self_contained["ce"])
     q = world["ds"].judgments["query"].iloc[0]

@@ -1,7 +1,9 @@
 """Datasets as directories: every stage reads and writes the same layout.
 
     DIR/products.parquet      required (only product_id and title; other columns optional)
-    DIR/judgments.parquet     required (query, product_id, grade 0..3): human judgments
+    DIR/judgments.parquet     required (query, product_id, grade 0..3): human judgments; optional when
+                              queries.parquet is there (a catalog and a query log: `ltr retrieve` and the
+                              main job find its candidates, see ltr.retrieval)
     DIR/queries.parquet       optional (derived from judgments/candidates when absent)
     DIR/candidates.parquet    optional (derived from judgments when absent)
     DIR/impressions.parquet   optional engagement log
@@ -120,8 +122,9 @@ class Dataset:
     judgments: pd.DataFrame
     queries: pd.DataFrame
     candidates: pd.DataFrame
-    impressions: pd.DataFrame | None = None
+    impressions_path: Path | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    _impressions: pd.DataFrame | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, root: str | Path) -> "Dataset":
@@ -129,19 +132,21 @@ class Dataset:
         if not root.is_dir():
             raise DatasetError(f"dataset directory {root} does not exist. Fix: pass --dataset DIR holding "
                                "products.parquet and judgments.parquet (e.g. create one with `ltr world --out DIR`).")
+        has_queries = (root / "queries.parquet").exists()
         for t in REQUIRED_TABLES:
-            if not (root / f"{t}.parquet").exists():
+            if not (root / f"{t}.parquet").exists() and not (t == "judgments" and has_queries):
                 raise DatasetError(f"{root}: missing {t}.parquet. Fix: a dataset directory needs "
-                                   f"{' and '.join(x + '.parquet' for x in REQUIRED_TABLES)}.")
+                                   f"{' and '.join(x + '.parquet' for x in REQUIRED_TABLES)} (or products.parquet "
+                                   "and queries.parquet, whose candidates `ltr retrieve` finds).")
         products = read_table(root / "products.parquet", PRODUCTS, nonempty=True)
-        judgments = with_query_ids(read_table(root / "judgments.parquet", JUDGMENTS, nonempty=True))
+        judgments = (with_query_ids(read_table(root / "judgments.parquet", JUDGMENTS, nonempty=True))
+                     if (root / "judgments.parquet").exists() else no_judgments())
         queries = (read_table(root / "queries.parquet", QUERIES) if (root / "queries.parquet").exists()
                    else derive_queries(judgments))
         candidates = (read_table(root / "candidates.parquet", CANDIDATES)
                       if (root / "candidates.parquet").exists()
                       else CANDIDATES.validate(judgments[["query_id", "product_id"]].drop_duplicates()))
-        impressions = (read_table(root / "impressions.parquet", IMPRESSIONS)
-                       if (root / "impressions.parquet").exists() else None)
+        impressions = root / "impressions.parquet" if (root / "impressions.parquet").exists() else None
         meta = json.loads((root / "metadata.json").read_text()) if (root / "metadata.json").exists() else {}
         unknown = set(candidates["product_id"]) - set(products["product_id"])
         if unknown:
@@ -155,12 +160,34 @@ class Dataset:
         return read_table(p, TRUTH) if p.exists() else None
 
     @property
+    def brings_candidates(self) -> bool:
+        """Candidate lists given (candidates.parquet) or derivable (judged pairs); else retrieval finds them."""
+        return len(self.candidates) > 0
+
+    @property
     def has_engagement(self) -> bool:
-        return self.impressions is not None and len(self.impressions) > 0
+        if self._impressions is not None:
+            return len(self._impressions) > 0
+        return self.impressions_path is not None and pq.ParquetFile(self.impressions_path).metadata.num_rows > 0
+
+    @property
+    def impressions(self) -> pd.DataFrame | None:
+        """The whole engagement log as one frame, read and validated on first use. Stages that stream the log
+        (engagement features, per-pair counts: `features.engagement_sql`) read `impressions_path` instead, so a
+        log larger than memory never has to fit in it."""
+        if self._impressions is None and self.impressions_path is not None:
+            self._impressions = read_table(self.impressions_path, IMPRESSIONS)
+        return self._impressions
 
     @property
     def engagement_simulated(self) -> bool:
         return bool(self.metadata.get("simulated_engagement", False))
+
+
+def no_judgments() -> pd.DataFrame:
+    """The judgments of a dataset without human labels: no rows, the declared columns."""
+    return JUDGMENTS.validate(pd.DataFrame({"query": pd.Series(dtype=object), "product_id": pd.Series(dtype=object),
+                                            "grade": pd.Series(dtype="int64"), "query_id": pd.Series(dtype=object)}))
 
 
 def derive_queries(judgments: pd.DataFrame) -> pd.DataFrame:

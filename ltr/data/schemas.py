@@ -196,6 +196,24 @@ CANDIDATES = TableSchema("candidates", (
     Column("product_id", "str"),
     Column("retrieval_rank", "int", required=False, min=1),
     Column("retrieval_score", "float", required=False, nullable=True),
+    Column("level", "str", required=False, nullable=True,
+           doc="difficulty level of a mined pair (ltr.retrieval.LEVELS); labels carry it as provenance"),
+), key=("query_id", "product_id"))
+
+# Rank metadata of catalog-wide retrieval (ltr.retrieval): one row per pair in the union of the retrievers'
+# top-k; a rank is 1-based and NaN where that retriever did not return the pair. `ltr mine` adds the level
+# and whether the budget chose the pair for labelling.
+RETRIEVED = TableSchema("retrieved", (
+    Column("query_id", "str"),
+    Column("product_id", "str"),
+    Column("rank_bm25", "float", nullable=True, min=1),
+    Column("rank_bienc", "float", nullable=True, min=1),
+    Column("rank_champion", "float", required=False, nullable=True, min=1, doc="rank within the query's union"),
+    Column("score_bm25", "float", required=False, nullable=True),
+    Column("score_bienc", "float", required=False, nullable=True),
+    Column("score_champion", "float", required=False, nullable=True),
+    Column("level", "str", required=False, nullable=True, doc="ltr.retrieval.LEVELS"),
+    Column("selected", "bool", required=False, doc="chosen for labelling by the budget allocation"),
 ), key=("query_id", "product_id"))
 
 TRUTH = TableSchema("truth", (
@@ -231,6 +249,8 @@ LABELS = TableSchema("labels", (
     Column("output_mode", "str", required=False, nullable=True,
            doc="how an LLM's grade distribution was obtained: <request mode>/<source>, e.g. logprobs/logprobs, "
                "json_schema/one-hot, json_schema+samples:5/one-hot (the mean of 5 answers)"),
+    Column("level", "str", required=False, nullable=True,
+           doc="difficulty level of a mined pair (ltr.retrieval), as provenance; absent for candidate lists"),
 ), key=("query_id", "product_id"))
 
 FEATURES = TableSchema("features", (
@@ -241,7 +261,7 @@ FEATURES = TableSchema("features", (
 
 SCHEMAS: dict[str, TableSchema] = {s.name: s for s in
                                    (PRODUCTS, QUERIES, JUDGMENTS, CANDIDATES, TRUTH, IMPRESSIONS,
-                                    LABELS, FEATURES)}
+                                    LABELS, FEATURES, RETRIEVED)}
 
 
 # --- identifiers ---------------------------------------------------------------------------------

@@ -2,23 +2,24 @@
 
     app = create_app("models:/ltr-ranker@champion", features_dir="runs/x/features", products=None)
 
-- The model is loaded once, by registry alias; /health says which version is live.
+- The model is followed by registry alias (`serving.reload_poll_s`): a new version is loaded off the request
+  path and swapped in whole (ltr/serving/live.py, reload.py); every response names the version that scored it.
+- Ranking is phased under a per-request deadline (ltr/serving/phases.py): the model without the cross-encoder
+  over every candidate, the cross-encoder on the top `rerank_k` (batched across requests), the final reorder.
 - Features: online store (Feast, via features.store.LtrStore) when a features_dir/store is given, then
-  request-time features for what the store lacks (features/ondemand.py, cross-encoder behind an LRU
-  cache), NaN for anything else (engagement of never-shown pairs, as in training). A store failure
-  degrades to request-time features and is counted (ltr_store_errors_total), never a 500.
-- Bad input is a 422 whose detail names the field (`loc`) and the fix (`msg`).
-- Every served request is appended to LOG_DIR/served-YYYY-MM-DD.jsonl: request id, query, product ids,
-  the feature values the model saw, scores and model version (for debugging and for training on logs).
+  request-time features for what the store lacks (features/ondemand.py), NaN for anything else (engagement of
+  never-shown pairs, as in training). A store that fails (missing, moved, truncated, locked, corrupt) degrades
+  the response (`degraded: true`, request-time features only) and /health; it recovers when the file is back.
+- Bounds before work (ltr/serving/limits.py): body size 413, requests in progress 503; bad fields 422 naming
+  the field (`loc`) and the fix (`msg`).
+- Served features go to parquet off the request path (ltr/serving/served_log.py), joinable by request id.
 """
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -30,12 +31,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.ondemand import OnDemandFeatures
+from features.ondemand import OnDemandFeatures, family_of
 from ltr.data.dataset import read_table
 from ltr.data.schemas import PRODUCTS, query_id
 
-from .assemble import FeatureAssembler
-from .model import LoadedModel, ServingError, check_bi_encoder, load_ranker
+from .config import ServingConfig
+from .limits import RequestLimits
+from .live import LiveModel, build_live
+from .model import ServingError, check_bi_encoder, load_ranker, public
+from .phases import Ranked
+from .phases import rank as rank_phases
+from .reload import ModelWatcher
+from .served_log import ServedLog
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -52,6 +59,7 @@ class RankedItem(BaseModel):
     product_id: str
     score: float
     rank: int
+    phase: int = Field(description="2: re-scored with the cross-encoder; 1: first phase only")
 
 
 class RankResponse(BaseModel):
@@ -61,6 +69,10 @@ class RankResponse(BaseModel):
     results: list[RankedItem]
     n_candidates: int
     store: str
+    degraded: bool = Field(description="true when a feature source failed and the ranking used what was left")
+    degraded_reasons: list[str]
+    ce_wanted: int = Field(description="pairs the second phase asked the cross-encoder for")
+    ce_scored: int = Field(description="of those, pairs scored before the deadline (cached ones included)")
     took_ms: float
 
 
@@ -88,31 +100,10 @@ def load_products(products: pd.DataFrame | str | Path | None, features_dir: Path
     return read_table(p, PRODUCTS)
 
 
-class ServedLog:
-    """Append-only JSONL log of served features; one file per UTC day, one line per request."""
-
-    def __init__(self, log_dir: str | Path) -> None:
-        self.dir = Path(log_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-
-    def path(self, now: datetime | None = None) -> Path:
-        return self.dir / f"served-{(now or datetime.now(UTC)):%Y-%m-%d}.jsonl"
-
-    def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
-        with self._lock, open(self.path(), "a", encoding="utf-8") as fh:
-            fh.write(line)
-
-
-def _clean(v: float) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
-
-
 class _Metrics:
     """Prometheus metrics on a per-app registry (several apps in one process do not collide)."""
 
-    def __init__(self, ondemand: OnDemandFeatures | None, lm: LoadedModel) -> None:
+    def __init__(self, state: ServiceState) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = r = CollectorRegistry()
@@ -124,26 +115,43 @@ class _Metrics:
                                     buckets=(1, 10, 25, 50, 100, 200, 500, 1000, 5000), registry=r)
         self.store_errors = Counter("ltr_store_errors", "online store reads that failed (served without)",
                                     registry=r)
-        Gauge("ltr_model_info", "the live model", ["name", "version"], registry=r).labels(
-            lm.name or lm.uri, lm.version or "").set(1)
-        if ondemand is not None:
-            c = ondemand.ce_cache
-            Gauge("ltr_ce_cache_hits", "cross-encoder cache hits", registry=r).set_function(lambda: c.hits)
-            Gauge("ltr_ce_cache_misses", "cross-encoder cache misses", registry=r).set_function(lambda: c.misses)
-            Gauge("ltr_ce_cache_size", "cross-encoder cache entries", registry=r).set_function(lambda: len(c))
+        self.degraded = Counter("ltr_rank_degraded", "responses served degraded", registry=r)
+        self.ce_pairs = Counter("ltr_ce_pairs", "second-phase pairs by outcome", ["outcome"], registry=r)
+        self.model_info = Gauge("ltr_model_info", "the live model", ["name", "version"], registry=r)
+        cache = lambda: state.live.ondemand.ce_cache  # noqa: E731 - the live model's, after a reload too
+        Gauge("ltr_ce_cache_hits", "cross-encoder cache hits", registry=r).set_function(lambda: cache().hits)
+        Gauge("ltr_ce_cache_misses", "cross-encoder cache misses", registry=r).set_function(lambda: cache().misses)
+        Gauge("ltr_ce_cache_size", "cross-encoder cache entries", registry=r).set_function(lambda: len(cache()))
+        Gauge("ltr_served_log_dropped", "served-log records dropped (writer behind)", registry=r).set_function(
+            lambda: state.served_log.dropped if state.served_log else 0)
+        Gauge("ltr_inflight", "rank requests in progress", registry=r).set_function(
+            lambda: state.limits.inflight if state.limits else 0)
 
-    def rejected(self) -> None:
-        self.errors.labels("validation").inc()
-        self.requests.labels("422").inc()
+    def show_model(self, live: LiveModel) -> None:
+        labels = (live.model.name or live.model.uri, live.model.version or "")
+        if getattr(self, "_shown", None) not in (None, labels):
+            self.model_info.labels(*self._shown).set(0)  # the old version: no longer live
+        self.model_info.labels(*labels).set(1)
+        self._shown = labels
+
+    def rejected(self, status: int = 422) -> None:
+        self.errors.labels({413: "body_too_large", 503: "overloaded"}.get(status, "validation")).inc()
+        self.requests.labels(str(status)).inc()
 
     def failed(self) -> None:
         self.errors.labels("internal").inc()
         self.requests.labels("500").inc()
 
-    def served(self, seconds: float, n_candidates: int) -> None:
+    def served(self, seconds: float, n_candidates: int, r: Ranked, degraded: bool) -> None:
         self.latency.observe(seconds)
         self.candidates.observe(n_candidates)
         self.requests.labels("200").inc()
+        self.ce_pairs.labels("scored").inc(r.ce_scored)
+        self.ce_pairs.labels("missed").inc(r.ce_wanted - r.ce_scored)
+        if r.store == "error":
+            self.store_errors.inc()
+        if degraded:
+            self.degraded.inc()
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -151,32 +159,58 @@ class _Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-@dataclass
 class ServiceState:
-    """Everything a request needs, all loaded before the port opens: a slow or failing load shows at
-    startup, not on the first shopper's request."""
+    """Everything a request needs, loaded before the port opens. `live` is the one mutable part: a reload
+    replaces it whole, and a request reads it once."""
 
-    model: LoadedModel
-    assembler: FeatureAssembler
-    ondemand: OnDemandFeatures
-    store: Any
-    known: set[str]
-    metrics: _Metrics
-    served_log: ServedLog | None
-    max_candidates: int
-    # one scoring at a time: 2 cores, and torch already uses both
-    compute_lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, live: LiveModel, store: Any, catalog: pd.DataFrame, cfg: ServingConfig,
+                 served_log: ServedLog | None) -> None:
+        self.live, self.store, self.cfg, self.served_log = live, store, cfg, served_log
+        self.known = set(catalog["product_id"])
+        self.watcher: ModelWatcher | None = None
+        self.limits: RequestLimits | None = None
+        self.metrics = _Metrics(self)
+        self.metrics.show_model(live)
+        self._swap_lock = threading.Lock()
+
+    def swap(self, new: LiveModel, grace_s: float = 5.0) -> None:
+        """Make `new` live; the old model keeps serving the requests that already hold it, then stops."""
+        with self._swap_lock:
+            old, self.live = self.live, new
+            self.metrics.show_model(new)
+        timer = threading.Timer(grace_s, old.close)
+        timer.daemon = True
+        timer.start()
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        self.live.close()
+        if self.served_log is not None:
+            self.served_log.close()
 
 
-def _checked_features_dir(features_dir: str | Path | None, max_candidates: int) -> Path | None:
+def _checked_features_dir(features_dir: str | Path | None) -> Path | None:
     """Settings that are cheap to check are checked before the slow model and encoder loads."""
-    if not isinstance(max_candidates, int) or max_candidates < 1:
-        raise ServingError(f"max_candidates must be a positive int, got {max_candidates!r}. Fix: e.g. 1000.")
     fdir = Path(features_dir).resolve() if features_dir is not None else None
     if fdir is not None and not fdir.is_dir():
         raise ServingError(f"features_dir={features_dir} does not exist. Fix: pass the directory "
                            "build_features wrote, or leave it out to serve request-time features only.")
     return fdir
+
+
+def _serving_config(serving: ServingConfig | dict | None, max_candidates: int | None) -> ServingConfig:
+    from pydantic import ValidationError
+
+    try:
+        cfg = serving if isinstance(serving, ServingConfig) else ServingConfig(**(serving or {}))
+        if max_candidates is not None:
+            cfg = cfg.model_copy(update={"max_candidates": ServingConfig(max_candidates=max_candidates).max_candidates})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ServingError(f"serving setting {'.'.join(map(str, err['loc']))}: {err['msg']}. Fix: e.g. "
+                           "max_candidates=1000 (see ltr/serving/config.py).") from None
+    return cfg
 
 
 def _open_store(store: Any, fdir: Path | None, features_cfg: Any) -> Any:
@@ -187,25 +221,22 @@ def _open_store(store: Any, fdir: Path | None, features_cfg: Any) -> Any:
     return store
 
 
-def _prepare(assembler: FeatureAssembler, ondemand: OnDemandFeatures, warm: bool, precompute_embeddings: bool) -> None:
-    """Pay for encoder loading (and, if asked, catalog embeddings) at startup instead of on the first requests."""
-    if warm:
-        assembler.warm()
-    if precompute_embeddings and "bienc_cos" in assembler.features and assembler.sources["bienc_cos"] != "missing":
-        ondemand.precompute_product_embeddings(progress=True)
-
-
 def request_problem(query: str, ids: list[str], state: ServiceState) -> tuple[str, str] | None:
     """(field, message) of the first thing wrong with a request that pydantic's schema cannot see."""
+    cfg = state.cfg
     if not query:
         return "query", "query is blank. Fix: send the shopper's search text."
     if not ids:
         return "product_ids", "product_ids is empty. Fix: send at least one candidate product id."
-    if len(ids) > state.max_candidates:
-        return "product_ids", (f"product_ids has {len(ids)} ids; the limit is {state.max_candidates}. "
+    if len(ids) > cfg.max_candidates:
+        return "product_ids", (f"product_ids has {len(ids)} ids; the limit is {cfg.max_candidates}. "
                                "Fix: send fewer candidates (retrieve, then rank the top ones).")
-    dup = [p for p, c in pd.Series(ids).value_counts().items() if c > 1]
-    if dup:
+    long_ids = [p for p in ids if len(p) > cfg.max_id_chars]
+    if long_ids:
+        return "product_ids", (f"{len(long_ids)} product id(s) are longer than {cfg.max_id_chars} characters, "
+                               f"e.g. {long_ids[0][:40]!r}... Fix: send catalog product ids.")
+    if len(set(ids)) != len(ids):
+        dup = [p for p, c in pd.Series(ids).value_counts().items() if c > 1]
         return "product_ids", f"product_ids repeats {len(dup)} id(s), e.g. {dup[:5]}. Fix: send each candidate once."
     unknown = [p for p in ids if p not in state.known]
     if unknown:
@@ -214,60 +245,54 @@ def request_problem(query: str, ids: list[str], state: ServiceState) -> tuple[st
     return None
 
 
-def _features_and_scores(state: ServiceState, query: str,
-                         ids: list[str]) -> tuple[pd.DataFrame, dict[str, Any], np.ndarray]:
-    """Features and scores; a failure is counted as a 500 here, since FastAPI answers it past the handler."""
-    try:
-        with state.compute_lock:
-            X, info = state.assembler.frame(query, ids)
-            scores = state.model.ranker.predict(X, missing="nan")
-    except Exception:
-        state.metrics.failed()
-        raise
-    if info["store"] == "error":
-        state.metrics.store_errors.inc()
-    return X, info, scores
+def _log_record(rid: str, q: str, ids: list[str], live: LiveModel, r: Ranked) -> dict[str, Any]:
+    position = np.empty(len(ids), np.int32)
+    position[r.order] = np.arange(1, len(ids) + 1)
+    return {"request_id": rid, "ts": datetime.now(UTC), "query": q, "query_id": query_id(q), "product_ids": ids,
+            "features": live.model.features, "X": r.X, "scores": r.scores, "phase": r.phase, "position": position,
+            "model_version": live.version, "store": r.store}
 
 
-def _ranked(ids: list[str], scores: np.ndarray, top_k: int | None) -> list[RankedItem]:
-    order = np.lexsort((np.asarray(ids), -scores))  # score desc, then id: ties rank the same on every replica
-    k = min(top_k or len(ids), len(ids))
-    return [RankedItem(product_id=ids[i], score=float(scores[i]), rank=r + 1) for r, i in enumerate(order[:k])]
+def _degraded_reasons(r: Ranked, live: LiveModel) -> list[str]:
+    out = []
+    if r.store == "error":
+        out.append("online store unavailable: " + public(r.store_error or ""))
+    if live.batcher is not None and r.ce_wanted and not r.ce_scored and live.batcher.stats["errors"]:
+        out.append("cross-encoder failing")
+    return out
 
 
-def _log_served(state: ServiceState, rid: str, query: str, ids: list[str], X: pd.DataFrame,
-                info: dict[str, Any], scores: np.ndarray, k: int) -> None:
-    """One line with the exact feature values the model saw, to debug a ranking and to train on logs."""
-    lm = state.model
-    state.served_log.write({
-        "request_id": rid, "ts": datetime.now(UTC).isoformat(), "query": query, "query_id": query_id(query),
-        "product_ids": ids, "model_uri": lm.uri, "model_version": lm.version, "store": info["store"],
-        "features": {f: [_clean(v) for v in X[f].tolist()] for f in X.columns},
-        "scores": [float(s) for s in scores], "top_k": k,
-    })
-
-
-def rank_request(state: ServiceState, req: RankRequest) -> RankResponse | JSONResponse:
+def rank_request(state: ServiceState, req: RankRequest, started: float | None = None) -> RankResponse | JSONResponse:
     """POST /v1/rank, as a plain function of the state so it can run (and be tested) without HTTP."""
-    t0 = time.perf_counter()
+    started = time.monotonic() if started is None else started
+    live = state.live  # once: a reload meanwhile does not mix versions within this request
     q, ids = req.query.strip(), [str(p) for p in req.product_ids]
     problem = request_problem(q, ids, state)
     if problem is not None:
         state.metrics.rejected()
         return _problem(*problem)
     rid = req.request_id or uuid.uuid4().hex
-    X, info, scores = _features_and_scores(state, q, ids)
-    results = _ranked(ids, scores, req.top_k)
-    took = time.perf_counter() - t0
+    try:
+        docs = live.ondemand.positions(ids)
+        r = rank_phases(live, q, ids, docs, state.cfg.rerank_k, started, state.cfg.ce_deadline_ms / 1000)
+    except Exception:
+        state.metrics.failed()
+        raise
+    k = min(req.top_k or len(ids), len(ids))
+    results = [RankedItem(product_id=ids[i], score=float(r.scores[i]), rank=n + 1, phase=int(r.phase[i]))
+               for n, i in enumerate(r.order[:k])]
+    reasons = _degraded_reasons(r, live)
     if state.served_log is not None:
-        _log_served(state, rid, q, ids, X, info, scores, len(results))
-    state.metrics.served(time.perf_counter() - t0, len(ids))
-    return RankResponse(request_id=rid, query_id=query_id(q), model_version=state.model.version, results=results,
-                        n_candidates=len(ids), store=info["store"], took_ms=round(took * 1000, 3))
+        state.served_log.put(_log_record(rid, q, ids, live, r))
+    took = time.monotonic() - started
+    state.metrics.served(took, len(ids), r, bool(reasons))
+    return RankResponse(request_id=rid, query_id=query_id(q), model_version=live.version, results=results,
+                        n_candidates=len(ids), store=r.store, degraded=bool(reasons), degraded_reasons=reasons,
+                        ce_wanted=r.ce_wanted, ce_scored=r.ce_scored, took_ms=round(took * 1000, 3))
 
 
 def _store_health(store: Any) -> dict[str, Any]:
-    """Probe with a real read: a store can be configured and still fail (tables never materialized)."""
+    """Probe with a real read: a store can be configured and still fail (tables never materialized, file gone)."""
     st: dict[str, Any] = {"configured": store is not None}
     if store is not None:
         st["views"] = list(getattr(store, "views", []))
@@ -275,19 +300,34 @@ def _store_health(store: Any) -> dict[str, Any]:
             store.get_online_features("q_health_probe", ["__health_probe__"])
             st["ok"] = True
         except Exception as e:  # noqa: BLE001
-            st["ok"], st["error"] = False, f"{type(e).__name__}: {e}"
+            st["ok"], st["error"] = False, public(f"{type(e).__name__}: {e}")
     return st
 
 
+def _public_model(live: LiveModel) -> dict[str, Any]:
+    d = live.model.describe()
+    d["cross_encoder"] = Path(d["cross_encoder"]).name if d.get("cross_encoder") else None
+    return d
+
+
 def health_report(state: ServiceState) -> dict[str, Any]:
-    """GET /health: which model version is live and where each feature comes from; 'degraded' when the
-    store fails, since requests are still served, from request-time features."""
+    """GET /health: the live version, where each feature comes from, and why the service is 'degraded' when
+    it is (still serving: from request-time features, or the old model version). No server paths."""
+    live = state.live
     st = _store_health(state.store)
-    a, cache = state.assembler, state.ondemand.ce_cache
-    return {"status": "ok" if st.get("ok", True) else "degraded", "model": state.model.describe(),
-            "features": a.features, "feature_sources": a.sources, "missing_features": a.missing, "store": st,
-            "n_products": len(state.known), "max_candidates": state.max_candidates,
-            "ce_cache": {"size": len(cache), "hits": cache.hits, "misses": cache.misses}}
+    reasons = [] if st.get("ok", True) else ["online store: " + st["error"]]
+    reload = state.watcher.status() if state.watcher is not None else {"follows": None}
+    if reload.get("error"):
+        reasons.append("reload: " + reload["error"])
+    a, cache = live.assembler, live.ondemand.ce_cache
+    log = state.served_log
+    return {"status": "degraded" if reasons else "ok", "reasons": reasons, "model": _public_model(live),
+            "reload": reload, "features": a.features, "feature_sources": a.sources, "missing_features": a.missing,
+            "store": st, "n_products": len(state.known), "limits": state.cfg.model_dump(exclude={"log"}),
+            "ce_cache": {"size": len(cache), "hits": cache.hits, "misses": cache.misses},
+            "ce_batcher": {**live.batcher.stats, **live.batcher.pending()} if live.batcher else None,
+            "served_log": None if log is None else {"written_records": log.written_records, "parts": log.parts,
+                                                    "dropped": log.dropped, "errors": log.errors}}
 
 
 def _add_routes(app: FastAPI, state: ServiceState) -> None:
@@ -316,47 +356,71 @@ def _add_routes(app: FastAPI, state: ServiceState) -> None:
 
 def build_app(state: ServiceState) -> FastAPI:
     """The HTTP layer over a loaded state, kept apart from loading so the routes can be served from any state."""
-    app = FastAPI(title="LTR ranking service", version="1")
-    app.state.model, app.state.assembler, app.state.store = state.model, state.assembler, state.store
-    app.state.metrics, app.state.served_log = state.metrics, state.served_log
-    app.state.max_candidates, app.state.service = state.max_candidates, state
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        state.close()  # flush the served log, stop the watcher and the cross-encoder thread
+
+    app = FastAPI(title="LTR ranking service", version="1", lifespan=lifespan)
+    app.state.service = state
     _add_routes(app, state)
+    app.add_middleware(RequestLimits, max_body_bytes=state.cfg.max_body_bytes, max_inflight=state.cfg.max_inflight,
+                       on_reject=state.metrics.rejected, register=lambda lim: setattr(state, "limits", lim))
     return app
 
 
 def create_app(model_uri: str, features_dir: str | Path | None = None,
                products: pd.DataFrame | str | Path | None = None, *, store: Any = None,
                features_cfg: Any = None, cross_encoder: str | Path | None = None,
-               bi_encoder: str | Path | None = "default", max_candidates: int = 1000,
+               bi_encoder: str | Path | None = "default", max_candidates: int | None = None,
                log_dir: str | Path | None = None, tracking_uri: str | None = None,
                on_missing: Literal["error", "nan"] = "error", ce_cache_size: int = 100_000,
-               warm: bool = True, precompute_embeddings: bool = False, ce_backend: str = "torch") -> FastAPI:
+               warm: bool = True, precompute_embeddings: bool = True, ce_backend: str = "torch",
+               embedding_cache: str | Path | None = "default",
+               serving: ServingConfig | dict | None = None) -> FastAPI:
     """Build the ranking service.
 
-    model_uri: 'models:/NAME@champion' (or any URI ltr.tracking.load_model takes). features_dir: what
-    features.build.build_features wrote (its online store is read with LtrStore); or pass `store`
-    (an LtrStore). products: the catalog (frame, products.parquet or dataset dir; default: the dataset
-    named in features_dir/manifest.json). cross_encoder: its dir (default: the model run's
-    'cross_encoder' artifact). bi_encoder: 'default' (all-MiniLM-L6-v2), a dir, or None.
-    tracking_uri: default $MLFLOW_TRACKING_URI, else ltr.tracking.DEFAULT_TRACKING_URI.
-    on_missing='error' refuses to start when a model feature has no source; 'nan' serves it as NaN.
-    precompute_embeddings: embed the whole catalog with the bi-encoder at startup (slower start, faster
-    cold requests).
+    model_uri: 'models:/NAME@champion' (or any URI ltr.tracking.load_model takes; an alias is followed, see
+    serving.reload_poll_s). features_dir: what features.build.build_features wrote (its online store is read
+    with LtrStore); or pass `store` (an LtrStore). products: the catalog (frame, products.parquet or dataset
+    dir; default: the dataset named in features_dir/manifest.json). cross_encoder: its dir (default: the one
+    the model carries). bi_encoder: 'default' (all-MiniLM-L6-v2), a dir, or None. tracking_uri: default
+    $MLFLOW_TRACKING_URI, else ltr.tracking.DEFAULT_TRACKING_URI. on_missing='error' refuses to start when a
+    model feature has no source; 'nan' serves it as NaN. precompute_embeddings: have every catalog product's
+    bi-encoder embedding in memory before the port opens, read from `embedding_cache` ('default': the
+    machine's, where the offline build stored them; None: no disk cache) and computed only where absent, so
+    a new query embeds only itself. serving: bounds, phases and reload (ltr.serving.config.ServingConfig);
+    max_candidates overrides serving.max_candidates.
     """
-    fdir = _checked_features_dir(features_dir, max_candidates)
+    cfg = _serving_config(serving, max_candidates)
+    fdir = _checked_features_dir(features_dir)
     lm = load_ranker(model_uri, cross_encoder=cross_encoder, tracking_uri=tracking_uri)
+    tracking_uri = lm.tracking_uri  # reloads read the same registry, whatever the process default becomes
     check_bi_encoder(lm, bi_encoder)
     catalog = load_products(products, fdir)
     store = _open_store(store, fdir, features_cfg)
-    ondemand = OnDemandFeatures(catalog, cross_encoder=lm.cross_encoder, bi_encoder=bi_encoder,
-                                ce_cache_size=ce_cache_size, ce_backend=ce_backend)
-    assembler = FeatureAssembler(lm.features, ondemand, store, on_missing=on_missing)
-    _prepare(assembler, ondemand, warm, precompute_embeddings)
-    return build_app(ServiceState(model=lm, assembler=assembler, ondemand=ondemand, store=store,
-                                  known=set(catalog["product_id"]), metrics=_Metrics(ondemand, lm),
-                                  served_log=ServedLog(log_dir) if log_dir is not None else None,
-                                  max_candidates=max_candidates))
+    if embedding_cache == "default":
+        from ltr.data.embedding_cache import default_cache_dir
+        embedding_cache = default_cache_dir()
+    base = OnDemandFeatures(catalog, cross_encoder=None, bi_encoder=bi_encoder, ce_cache_size=ce_cache_size,
+                            ce_backend=ce_backend, embedding_cache=embedding_cache)
+    if warm:  # built once, shared by every model version this service loads
+        base.warm([f for f in lm.features if family_of(f) != "ce"])
+    if precompute_embeddings and "bienc_cos" in lm.features and bi_encoder is not None:
+        base.precompute_product_embeddings(progress=True)
+    live = build_live(lm, base.with_cross_encoder(lm.cross_encoder), store, cfg, on_missing, warm)
+    state = ServiceState(live, store, catalog, cfg, ServedLog(log_dir, cfg.log) if log_dir is not None else None)
+
+    def load_version() -> LiveModel:
+        new = load_ranker(model_uri, cross_encoder=cross_encoder, tracking_uri=tracking_uri)
+        check_bi_encoder(new, bi_encoder)
+        return build_live(new, base.with_cross_encoder(new.cross_encoder), store, cfg, on_missing, warm)
+
+    state.watcher = ModelWatcher(lm, load_version, state.swap, cfg.reload_poll_s)
+    return build_app(state)
 
 
-__all__ = ["RankRequest", "RankResponse", "ServedLog", "ServiceState", "build_app", "create_app", "health_report",
-           "load_products", "rank_request", "request_problem"]
+__all__ = ["RankRequest", "RankResponse", "ServiceState", "build_app", "create_app", "health_report",
+           "load_products", "public", "rank_request", "request_problem"]

@@ -52,6 +52,8 @@ class FeatureAssembler:
             raise ServingError(f"the model uses feature(s) {self.missing} that neither the online store nor the "
                                f"request-time features can provide. Fix: {'; '.join(hint)}; or allow them to be "
                                "NaN (on_missing='nan').")
+        self._col = {f: j for j, f in enumerate(self.features)}
+        self._store_cols = [self._col[f] for f in self.store_features]
         self._od_by_family: dict[str, list[str]] = {}
         for f in self.features:
             if self.sources[f] in ("ondemand", "store+ondemand"):
@@ -74,22 +76,31 @@ class FeatureAssembler:
             for f in feats:
                 X.loc[rows, f] = got[f].to_numpy()
 
-    def frame(self, query: str, product_ids: Sequence[str]) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """(features in model order, one row per product id; info {store: ok|error|none, store_error})."""
+    def matrix(self, query: str, product_ids: Sequence[str], docs: np.ndarray,
+               skip: Sequence[str] = ()) -> tuple[np.ndarray, dict[str, Any]]:
+        """The serving path: (n, features) float matrix in model order, NaN where missing, without building a
+        frame. `docs`: the candidates' catalog rows (OnDemandFeatures.positions). Families in `skip` (the
+        cross-encoder, which the phased ranker schedules itself) stay NaN. info: {store: ok|error|none}."""
         n = len(product_ids)
-        X = pd.DataFrame(np.full((n, len(self.features)), np.nan), columns=self.features)
+        X = np.full((n, len(self.features)), np.nan)
         info: dict[str, Any] = {"store": "none"}
         used_store = False
         if self.store is not None and self.store_features:
             try:
-                online = self.store.get_online_features(query_id(query), list(product_ids))
-                for f in self.store_features:
-                    X[f] = online[f].to_numpy(dtype=np.float64)
+                X[:, self._store_cols] = self.store.online_matrix(query_id(query), list(product_ids),
+                                                                  self.store_features)
                 info["store"], used_store = "ok", True
-            except Exception as e:  # noqa: BLE001 - degrade to request-time features, counted by the service
+            except Exception as e:  # noqa: BLE001 - degrade to request-time features, flagged in the response
                 info["store"], info["store_error"] = "error", f"{type(e).__name__}: {e}"
-        pairs = pd.DataFrame({"query": [query] * n, "product_id": list(product_ids)})
-        self._fill_ondemand(X, pairs, used_store)
+        for fam, feats in self._od_by_family.items():
+            if fam in skip:
+                continue
+            cols = [self._col[f] for f in feats]
+            in_store = [self._col[f] for f in feats if self.sources[f] == "store+ondemand"] if used_store else []
+            rows = np.isnan(X[:, in_store]).all(axis=1) if in_store else np.ones(n, bool)
+            if rows.any():
+                vals = self.ondemand.family_values(fam, [query] * int(rows.sum()), docs[rows])
+                X[np.ix_(rows, cols)] = vals[:, [FAMILIES[fam].index(f) for f in feats]]
         return X, info
 
     def frame_pairs(self, pairs: pd.DataFrame, progress: bool = False) -> pd.DataFrame:

@@ -28,6 +28,15 @@ class ServingError(ValueError):
     """The service (or evaluate) was configured wrongly; the message names the setting and the fix."""
 
 
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^/\s'\"]+)+/([^/\s'\"]+)")
+
+
+def public(text: str) -> str:
+    """A message fit for a public response (/health, a degraded reason): directories of file paths removed,
+    the file name kept, so a client learns what failed but not where the server keeps its files."""
+    return _PATH.sub(r"\1", text)
+
+
 @dataclass
 class LoadedModel:
     """A ranker plus where it came from (shown by /health, written into every served-feature log line)."""
@@ -42,6 +51,7 @@ class LoadedModel:
     cross_encoder: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] | None = None
+    tracking_uri: str | None = None
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest or {}
@@ -223,7 +233,7 @@ def load_ranker(model_uri: str, cross_encoder: str | Path | None = None,
     """Load `model_uri` (e.g. 'models:/NAME@champion') with its version, run, manifest and cross-encoder dir."""
     if not isinstance(model_uri, str) or not model_uri.strip():
         raise ServingError("model_uri is empty. Fix: pass a registered model, e.g. models:/ltr-ranker@champion.")
-    ensure_tracking_uri(tracking_uri)
+    resolved_uri = ensure_tracking_uri(tracking_uri)
     import mlflow
     from mlflow import MlflowClient
 
@@ -232,7 +242,7 @@ def load_ranker(model_uri: str, cross_encoder: str | Path | None = None,
     ranker = load_model(model_uri)  # raises TrackingError naming the fix
     info = mlflow.models.get_model_info(model_uri)
     lm = LoadedModel(ranker=ranker, uri=model_uri, features=list(ranker.feature_names_), run_id=info.run_id,
-                     info={"model_id": getattr(info, "model_id", None)})
+                     info={"model_id": getattr(info, "model_id", None)}, tracking_uri=resolved_uri)
     m = _MODELS_URI.match(model_uri.strip())
     if m:
         lm.name, lm.alias, lm.version = m["name"], m["alias"], m["version"]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from .model import ServingError, check_bi_encoder
+from .model import ServingError
 
 
 def run_dir_settings(run_dir: str | Path) -> dict[str, Any]:
@@ -40,9 +40,9 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8000, features_di
     One worker process: the model and the cross-encoder cache live in it; scale out with more replicas
     behind a load balancer rather than with uvicorn workers that would each load the models.
     `app_kwargs` go to `ltr.serving.app.create_app` (cross_encoder, bi_encoder, max_candidates, log_dir,
-    tracking_uri, on_missing, ...). `run_dir` fills features_dir / products / log_dir from a pipeline run
-    directory (explicit arguments win). The bi-encoder is checked against the model's record before the
-    port opens.
+    tracking_uri, on_missing, serving, ...). `run_dir` fills features_dir / products / log_dir from a pipeline
+    run directory (explicit arguments win). create_app checks the bi-encoder against the model's record, so a
+    wrong one fails before the port opens.
     """
     import uvicorn
 
@@ -58,8 +58,7 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8000, features_di
         for k, v in rd.items():
             app_kwargs.setdefault(k, v)
     app = create_app(model_uri, features_dir, products, **app_kwargs)
-    check_bi_encoder(app.state.model, app_kwargs.get("bi_encoder", "default"))
-    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=10)
 
 
 __all__ = ["check_port", "run_dir_settings", "serve"]

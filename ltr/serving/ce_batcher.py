@@ -1,0 +1,194 @@
+"""Cross-encoder work of many requests, batched by one thread under each request's deadline.
+
+Why: a cross-encoder forward pass costs about a millisecond a pair on these cores and torch already uses
+all of them, so requests that score one at a time behind a lock queue up behind each other. Here one
+thread owns the model. A request hands it its pairs in priority order (the first phase's best first) with a
+deadline; the thread fills each batch from the jobs whose deadlines come first (earliest deadline first),
+sized by the measured cost per pair so that a batch started before a deadline ends before it. When its
+deadline passes a request takes what was scored; the rest stays missing and the response says how many
+were scored. The pairs a request ran out of time for are not dropped: they wait in a bounded backlog that
+the thread works through, a few pairs at a time, whenever no request is waiting, and every score goes to
+`on_scored` (the service's cache), so the next request for the same query finds them scored.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class CEJob:
+    """One request's pairs; `scores` fills in as batches finish (NaN = not scored)."""
+
+    __slots__ = ("queries", "texts", "tag", "deadline", "scores", "next", "inflight", "cancelled", "done")
+
+    def __init__(self, queries: Sequence[str], texts: Sequence[str], deadline: float, tag: Any = None) -> None:
+        self.queries, self.texts, self.tag, self.deadline = list(queries), list(texts), tag, deadline
+        self.scores = np.full(len(self.texts), np.nan)
+        self.next = 0          # first pair not yet handed to a batch
+        self.inflight = 0      # pairs in the batch being scored
+        self.cancelled = False
+        self.done = threading.Event()
+
+    def left(self) -> int:
+        return len(self.texts) - self.next
+
+
+class CrossEncoderBatcher:
+    """score(queries, texts) -> scores, run by one thread over batches drawn from many requests.
+
+    batch_size: most pairs per forward pass. max_jobs: requests waiting at once; beyond it a request gets
+    no cross-encoder work (served from the first phase) instead of waiting: the bound on load in front of
+    the model. pair_seconds: first guess of the cost per pair, then a running average of measured batches.
+    """
+
+    def __init__(self, score: Callable[[list[str], list[str]], np.ndarray], batch_size: int = 32,
+                 max_jobs: int = 64, pair_seconds: float = 0.002,
+                 on_scored: Callable[[CEJob, slice, np.ndarray], None] | None = None,
+                 max_backlog: int = 256, idle_batch: int = 8) -> None:
+        if batch_size < 1 or max_jobs < 1 or pair_seconds <= 0:
+            raise ValueError("batch_size and max_jobs must be >= 1 and pair_seconds > 0")
+        self._score, self._on_scored = score, on_scored
+        self.batch_size, self.max_jobs, self.pair_seconds = batch_size, max_jobs, pair_seconds
+        self._jobs: list[CEJob] = []
+        self._backlog: deque[CEJob] = deque()
+        self.max_backlog, self.idle_batch = max_backlog, idle_batch
+        self._cv = threading.Condition()
+        self._closed = False
+        self.stats = {"batches": 0, "pairs": 0, "rejected_jobs": 0, "expired_pairs": 0, "backlog_pairs": 0,
+                      "errors": 0}
+        self._thread = threading.Thread(target=self._run, name="ce-batcher", daemon=True)
+        self._thread.start()
+
+    # -- request side -------------------------------------------------------------------------------------
+    def submit(self, queries: Sequence[str], texts: Sequence[str], deadline: float, tag: Any = None) -> CEJob:
+        """Queue pairs (best first) to be scored before `deadline` (time.monotonic())."""
+        job = CEJob(queries, texts, deadline, tag)
+        with self._cv:
+            if not job.texts or self._closed or len(self._jobs) >= self.max_jobs:
+                if job.texts:
+                    self.stats["rejected_jobs"] += 1
+                job.done.set()
+                return job
+            self._jobs.append(job)
+            self._cv.notify()
+        return job
+
+    def wait(self, job: CEJob) -> np.ndarray:
+        """The job's scores once all are in or its deadline passed, whichever comes first."""
+        job.done.wait(max(0.0, job.deadline - time.monotonic()))
+        with self._cv:
+            job.cancelled = True
+            return job.scores.copy()
+
+    def pending(self) -> dict[str, int]:
+        """Requests waiting and leftover pairs not yet scored (what /health shows)."""
+        with self._cv:
+            return {"jobs": len(self._jobs), "backlog_pairs": sum(j.left() for j in self._backlog)}
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(timeout=30)
+
+    # -- the model's thread -------------------------------------------------------------------------------
+    def _take(self) -> list[tuple[CEJob, int, int]]:
+        """Under the lock: retire finished, cancelled and hopeless jobs; then the next batch, EDF order."""
+        now, keep, scoring = time.monotonic(), [], []
+        for j in self._jobs:
+            if not (j.cancelled or j.left() == 0 or j.deadline <= now + self.pair_seconds):
+                keep.append(j)
+            elif j.inflight:
+                scoring.append(j)  # retired once its batch is delivered
+            else:
+                self._retire(j)
+        self._jobs = keep + scoring
+        keep.sort(key=lambda j: j.deadline)
+        if not keep:
+            return self._idle_batch()
+        room = min(self.batch_size, max(1, int((keep[0].deadline - now) / self.pair_seconds)))
+        batch = []
+        for j in keep:
+            n = min(room, j.left())
+            batch.append((j, j.next, j.next + n))
+            j.next += n
+            j.inflight += n
+            room -= n
+            if room == 0:
+                break
+        return batch
+
+    def _retire(self, j: CEJob) -> None:
+        j.done.set()
+        if j.left():
+            self.stats["expired_pairs"] += j.left()
+            if len(self._backlog) < self.max_backlog:
+                self._backlog.append(j)
+
+    def _idle_batch(self) -> list[tuple[CEJob, int, int]]:
+        """Nobody waiting: a few leftover pairs (few, so a request arriving now waits little)."""
+        while self._backlog and not self._backlog[0].left():
+            self._backlog.popleft()
+        if not self._backlog:
+            return []
+        j = self._backlog[0]
+        n = min(self.idle_batch, j.left())
+        j.next += n
+        j.inflight += n
+        self.stats["backlog_pairs"] += n
+        return [(j, j.next - n, j.next)]
+
+    def _deliver(self, batch: list[tuple[CEJob, int, int]], vals: np.ndarray, seconds: float) -> None:
+        n = sum(b - a for _, a, b in batch)
+        with self._cv:
+            if np.isfinite(vals).all():
+                self.pair_seconds = 0.8 * self.pair_seconds + 0.2 * seconds / n
+            self.stats["batches"] += 1
+            self.stats["pairs"] += n
+            k = 0
+            for j, a, b in batch:
+                j.scores[a:b] = vals[k:k + b - a]
+                j.inflight -= b - a
+                k += b - a
+                if j.inflight == 0 and (j.left() == 0 or j.cancelled):
+                    j.done.set()
+        for j, a, b in batch:
+            if self._on_scored is not None:
+                try:
+                    self._on_scored(j, slice(a, b), j.scores[a:b])
+                except Exception:  # noqa: BLE001 - a cache hiccup must not stop the model's thread
+                    log.exception("cross-encoder on_scored hook failed")
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed and not self._jobs and not self._backlog:
+                    self._cv.wait()
+                if self._closed:
+                    for j in self._jobs:
+                        j.done.set()
+                    return
+                batch = self._take()
+            if not batch:
+                continue
+            qs = [j.queries[i] for j, a, b in batch for i in range(a, b)]
+            ts = [j.texts[i] for j, a, b in batch for i in range(a, b)]
+            t0 = time.monotonic()
+            try:
+                vals = np.asarray(self._score(qs, ts), dtype=np.float64).reshape(-1)
+            except Exception:  # noqa: BLE001 - the pairs stay unscored; the requests are served without them
+                log.exception("cross-encoder batch failed")
+                self.stats["errors"] += 1
+                vals = np.full(len(ts), np.nan)
+            self._deliver(batch, vals, time.monotonic() - t0)
+
+
+__all__ = ["CEJob", "CrossEncoderBatcher"]

@@ -1,0 +1,44 @@
+"""The service's settings, validated once (`ltr serve` flags and `create_app(serving=...)` both land here)."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from ltr.data.config import StrictConfig
+
+
+class ServedLogConfig(StrictConfig):
+    """Served-feature log: parquet parts written by a background thread, never on the request path."""
+
+    #: records (requests) per part file at most: the size bound of one file
+    part_records: int = Field(2_000, ge=1)
+    #: a part is closed after this many seconds even when small: the time bound
+    part_seconds: float = Field(300.0, gt=0)
+    #: requests waiting to be written; beyond it records are dropped and counted, never a blocked request
+    queue_records: int = Field(20_000, ge=1)
+
+
+class ServingConfig(StrictConfig):
+    """Bounds, phases and reload of the ranking service (defaults measured on 2 cores, see README)."""
+
+    #: candidates per request at most (422 beyond)
+    max_candidates: int = Field(1000, ge=1)
+    #: request body bytes at most, checked before the body is parsed (413 beyond)
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    #: characters per product id / request id at most (422 beyond)
+    max_id_chars: int = Field(200, ge=1)
+    #: requests in progress at once; beyond it 503 with Retry-After, instead of an unbounded queue
+    max_inflight: int = Field(32, ge=1)
+    #: second phase: the cross-encoder scores the first phase's top k candidates ...
+    rerank_k: int = Field(30, ge=0)
+    #: ... within this many milliseconds of the request's arrival; pairs not scored by then stay missing
+    ce_deadline_ms: float = Field(80.0, gt=0)
+    #: pairs per cross-encoder forward pass, drawn from all waiting requests
+    ce_batch_size: int = Field(32, ge=1)
+    #: requests waiting for the cross-encoder at once; beyond it a request is served from the first phase
+    ce_max_jobs: int = Field(32, ge=1)
+    #: seconds between registry checks of the model alias (0: never reload)
+    reload_poll_s: float = Field(30.0, ge=0)
+    log: ServedLogConfig = Field(default_factory=ServedLogConfig)
+
+
+__all__ = ["ServedLogConfig", "ServingConfig"]

@@ -1,0 +1,64 @@
+"""One registered model version with everything it needs to score a request, swapped whole on a reload.
+
+A request takes the service's current `LiveModel` once, at its start, and uses only that object: a reload
+that swaps in a new version meanwhile cannot mix two versions' features, cross-encoders or scores in one
+response, and every response names the version that scored it.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from features.ondemand import CE_FEATURE, OnDemandFeatures
+
+from .assemble import FeatureAssembler
+from .ce_batcher import CEJob, CrossEncoderBatcher
+from .config import ServingConfig
+from .model import LoadedModel
+
+
+@dataclass
+class LiveModel:
+    model: LoadedModel
+    assembler: FeatureAssembler
+    ondemand: OnDemandFeatures
+    batcher: CrossEncoderBatcher | None
+    ce_col: int | None  # where ce_score sits in the model's feature order (None: the model does not use it)
+    closed: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def version(self) -> str | None:
+        return self.model.version
+
+    def close(self) -> None:
+        """Stop the cross-encoder thread; requests still holding this object get first-phase rankings."""
+        self.closed.set()
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+def _remember(ondemand: OnDemandFeatures):
+    def hook(job: CEJob, sl: slice, scores: np.ndarray) -> None:
+        query, docs = job.tag
+        ondemand.ce_remember(query, docs[sl], scores)
+    return hook
+
+
+def build_live(lm: LoadedModel, ondemand: OnDemandFeatures, store: Any, cfg: ServingConfig,
+               on_missing: str = "error", warm: bool = True) -> LiveModel:
+    """Assemble a model's serving parts; `ondemand` must already score with `lm`'s cross-encoder."""
+    assembler = FeatureAssembler(lm.features, ondemand, store, on_missing=on_missing)
+    if warm:
+        assembler.warm()
+    ce_col = lm.features.index(CE_FEATURE) if CE_FEATURE in lm.features else None
+    batcher = None
+    if ce_col is not None and assembler.sources[CE_FEATURE] in ("ondemand", "store+ondemand"):
+        batcher = CrossEncoderBatcher(ondemand.ce_score_texts, batch_size=cfg.ce_batch_size,
+                                      max_jobs=cfg.ce_max_jobs, on_scored=_remember(ondemand))
+    return LiveModel(model=lm, assembler=assembler, ondemand=ondemand, batcher=batcher, ce_col=ce_col)
+
+
+__all__ = ["LiveModel", "build_live"]

@@ -1,0 +1,127 @@
+"""The served-feature log: what the model saw for every served candidate, written off the request path.
+
+A request only puts one record on a bounded queue (microseconds; when the queue is full the record is
+dropped and counted, the request never waits). One background thread turns records into rows in the
+training frame's shape, one row per (request, candidate): `request_id, event_timestamp, query_id, query,
+product_id, position, score, phase, model_version, store` and then the model's features as float columns,
+and writes them as parquet parts, each closed after `part_records` requests or `part_seconds`, whichever
+comes first (written to a temporary name and renamed: a crash never leaves half a file). A part holds one
+model version's feature list; a reload to a model with other features starts a new part.
+
+Joining with engagement: `request_id` is the id the response returned; a shop's UBI events carry it as
+their `query_id` (ltr.data.ubi), so `read_served_log(dir).merge(events, on="request_id")` gives training rows
+with the exact feature values served.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import ServedLogConfig
+
+log = logging.getLogger(__name__)
+
+
+class ServedLog:
+    """Bounded queue in front of a parquet writer thread; `put` never blocks."""
+
+    def __init__(self, log_dir: str | Path, cfg: ServedLogConfig | None = None) -> None:
+        self.dir = Path(log_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg or ServedLogConfig()
+        self._q: queue.Queue = queue.Queue(maxsize=self.cfg.queue_records)
+        self.dropped = self.written_records = self.parts = self.errors = 0
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="served-log", daemon=True)
+        self._thread.start()
+
+    def put(self, record: dict[str, Any]) -> bool:
+        """Queue one request's record; False (and counted) when the writer cannot keep up."""
+        try:
+            self._q.put_nowait(record)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def close(self, timeout: float = 30) -> None:
+        """Write what is queued, then stop."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    # -- the writer thread ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        buf: list[dict[str, Any]] = []
+        opened = time.monotonic()
+        while not (self._stop.is_set() and self._q.empty()):
+            try:
+                rec = self._q.get(timeout=0.2)
+            except queue.Empty:
+                rec = None
+            if rec is not None and buf and rec["features"] != buf[0]["features"]:
+                self._flush(buf)  # another model's feature list: another part
+                buf, opened = [], time.monotonic()
+            if rec is not None:
+                buf.append(rec)
+            if buf and (len(buf) >= self.cfg.part_records or time.monotonic() - opened >= self.cfg.part_seconds):
+                self._flush(buf)
+                buf, opened = [], time.monotonic()
+        if buf:
+            self._flush(buf)
+
+    def _flush(self, records: list[dict[str, Any]]) -> None:
+        try:
+            frame = records_frame(records)
+            now = datetime.now(UTC)
+            day = self.dir / f"date={now:%Y-%m-%d}"
+            day.mkdir(exist_ok=True)
+            self._seq += 1
+            path = day / f"served-{now:%Y%m%dT%H%M%S}-{self._seq:06d}.parquet"
+            tmp = path.with_suffix(".parquet.tmp")
+            frame.to_parquet(tmp, index=False)
+            tmp.replace(path)
+            self.parts += 1
+            self.written_records += len(records)
+        except Exception:  # noqa: BLE001 - a full disk loses log records, never the service
+            self.errors += 1
+            self.dropped += len(records)
+            log.exception("served-feature log part could not be written")
+
+
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (request, candidate) in the training frame's shape; all records share one feature list."""
+    feats = list(records[0]["features"])
+    n = [len(r["product_ids"]) for r in records]
+    rep = lambda key: np.repeat(np.asarray([r[key] for r in records], dtype=object), n)  # noqa: E731
+    out = {"request_id": rep("request_id"),
+           "event_timestamp": pd.to_datetime(np.repeat([r["ts"] for r in records], n), utc=True),
+           "query_id": rep("query_id"), "query": rep("query"),
+           "product_id": np.concatenate([np.asarray(r["product_ids"], dtype=object) for r in records]),
+           "position": np.concatenate([r["position"] for r in records]).astype(np.int32),
+           "score": np.concatenate([r["scores"] for r in records]).astype(np.float64),
+           "phase": np.concatenate([r["phase"] for r in records]).astype(np.int8),
+           "model_version": rep("model_version"), "store": rep("store")}
+    X = np.concatenate([r["X"] for r in records]).astype(np.float64)
+    frame = pd.DataFrame(out)
+    return pd.concat([frame, pd.DataFrame(X, columns=feats)], axis=1)
+
+
+def read_served_log(log_dir: str | Path) -> pd.DataFrame:
+    """Every part under `log_dir` as one frame (parts with other feature lists align by name, NaN elsewhere)."""
+    parts = sorted(Path(log_dir).rglob("served-*.parquet"))
+    if not parts:
+        return pd.DataFrame(columns=["request_id", "event_timestamp", "query_id", "query", "product_id",
+                                     "position", "score", "phase", "model_version", "store"])
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+__all__ = ["ServedLog", "read_served_log", "records_frame"]
