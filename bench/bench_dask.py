@@ -13,7 +13,8 @@ worker's (a LocalCluster of worker processes started inside that child, `threads
 fit_s is the ranker's `fit` (sorting by query, partitioning, shipping to the workers and training);
 data generation is not timed. `wall_ratio_dask_over_local` > 1 means Dask was slower. fit_cpu_s is the
 CPU time of the fit (for Dask: driver plus both workers), the figure to trust on a machine shared with
-other jobs, where wall time includes waiting for a core.
+other jobs, where wall time includes waiting for a core; each mode also records the 1-minute load
+average sampled every 15 s while it ran (min / mean / max), and the JSON is rewritten after each mode.
 """
 from __future__ import annotations
 
@@ -112,6 +113,42 @@ def _child(mode: str, a) -> dict:
     return json.loads(lines[-1][7:]) | {"process_wall_s": round(time.perf_counter() - t0, 1)}
 
 
+class _LoadSampler:
+    """The 1-minute load average every `every_s` seconds while the modes run: on a machine shared with
+    other jobs the wall times mean little without it (start and end alone miss what happened between)."""
+
+    def __init__(self, every_s: float = 15.0):
+        import threading
+
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._t.start()
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.is_set():
+            self.samples.append(os.getloadavg()[0])
+            self._stop.wait(every_s)
+
+    def take(self) -> dict:
+        """min / mean / max of the samples since the last take (one mode's load), then start afresh."""
+        s, self.samples = self.samples or [os.getloadavg()[0]], []
+        return {"load_avg_1m_min": round(min(s), 2), "load_avg_1m_mean": round(sum(s) / len(s), 2),
+                "load_avg_1m_max": round(max(s), 2), "load_samples": len(s)}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _write(out: Path, res: dict) -> None:
+    """bench_dask.json, rewritten after each mode (atomically), so a run stopped in the second mode keeps
+    the first one's figures (`complete: false`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "bench_dask.json.tmp"
+    tmp.write_text(json.dumps(res, indent=2) + "\n")
+    tmp.replace(out / "bench_dask.json")
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="directory for bench_dask.json")
@@ -132,15 +169,17 @@ def main(argv: list[str] | None = None) -> dict:
            "data": "bench.bench_train.make_data (synthetic, see module docstring)",
            "load_avg_1m_start": os.getloadavg()[0], "cpu_count": os.cpu_count(),
            "xgboost": xgboost.__version__, "python": platform.python_version()}
-    res["local"] = _child("local", a)
-    res["dask"] = _child("dask", a)
+    out, load = Path(a.out), _LoadSampler()
+    for mode in ("local", "dask"):
+        res[mode] = _child(mode, a) | load.take()
+        _write(out, res | {"complete": False})
+    load.stop()
     res["load_avg_1m_end"] = os.getloadavg()[0]
+    res["complete"] = True
     if "fit_s" in res["local"] and "fit_s" in res["dask"]:
         res["wall_ratio_dask_over_local"] = round(res["dask"]["fit_s"] / res["local"]["fit_s"], 3)
         res["ndcg_diff_dask_minus_local"] = round(res["dask"]["ndcg@10_heldout"] - res["local"]["ndcg@10_heldout"], 4)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_dask.json").write_text(json.dumps(res, indent=2) + "\n")
+    _write(out, res)
     print(json.dumps(res, indent=2))
     return res
 

@@ -380,6 +380,7 @@ def run(out: Path, work: Path, n_candidates: int = 100, warm_n: int = 200, secon
     finally:
         srv.stop()
     res["current"] = cur
+    _save(out, res)  # every stage's figures survive a crash in the next
     if baseline_rev:
         base, _, bsrv = measure(prep, work, baseline_root(baseline_rev, work),
                                 {"precompute_embeddings": True, "log_dir": str(work / "served_logs_baseline")},
@@ -391,6 +392,7 @@ def run(out: Path, work: Path, n_candidates: int = 100, warm_n: int = 200, secon
             "new_query_p99": round(base["new_query"]["p99_ms"] / cur["new_query"]["p99_ms"], 2),
             "conc8_rps": round(cur["concurrency8"]["requests_per_s"] / base["concurrency8"]["requests_per_s"], 2),
             "startup": round(base["startup_s"] / cur["startup_s"], 2)}
+        _save(out, res)
     full = full_ce_orders(prep, new_reqs)
     full_ndcg = _ndcg(new_reqs, full, prep)
     res["quality"] = {"ndcg10_full_ce": round(full_ndcg, 4),
@@ -400,10 +402,16 @@ def run(out: Path, work: Path, n_candidates: int = 100, warm_n: int = 200, secon
     res["quality"]["gap"] = round(full_ndcg - res["quality"]["ndcg10_phased_new_query"], 4)
     res["goals_met"] = goals(res)
     res["loadavg_1m"] = {"start": round(load0, 2), "end": round(os.getloadavg()[0], 2)}
+    _save(out, res)
+    return res
+
+
+def _save(out: Path, res: dict) -> None:
     res["timestamp"] = pd.Timestamp.now(tz="UTC").isoformat()
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_serving.json").write_text(json.dumps(res, indent=2) + "\n")
-    return res
+    tmp = out / "bench_serving.json.tmp"
+    tmp.write_text(json.dumps(res, indent=2) + "\n")
+    tmp.replace(out / "bench_serving.json")
 
 
 def main() -> None:

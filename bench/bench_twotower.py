@@ -22,7 +22,9 @@ length proxy (<= 3 words vs longer) is reported.
         [--only-folds 0] [--arms zero_shot curriculum unordered random] [--set lr=5e-5 ...]
 
 Resumable: each (dataset, fold, arm) writes its per-query metrics under DIR/twotower/ and is skipped when
-there; `twotower.json` and `twotower.md` (the README table) are rebuilt from whatever is done.
+there; `twotower.json` and `twotower.md` (the README table) are rebuilt from whatever is done, keeping the
+datasets an earlier run wrote and this one did not redo (each dataset records its own run: argv, config,
+peak RSS, and `seconds_recorded`, the labelling + arm seconds summed over every run that made its figures).
 """
 from __future__ import annotations
 
@@ -236,7 +238,8 @@ def summarize(per_query: dict[str, pd.DataFrame]) -> dict:
             comps[f"{a}-{b}"] = {m: paired_bootstrap(pa[m], pb[m]) for m in METRICS if m in pa.columns}
             for seg in sorted(set(pa.get("segment", pd.Series(dtype=str)).dropna())):
                 sa, sb = pa[pa["segment"] == seg], pb[pb["segment"] == seg]
-                comps[f"{a}-{b}"][f"ndcg@10/{seg}"] = paired_bootstrap(sa["ndcg@10"], sb["ndcg@10"])
+                comps[f"{a}-{b}"].update({f"{m}/{seg}": paired_bootstrap(sa[m], sb[m])
+                                          for m in METRICS if m in pa.columns})
     return {"means": M.nan_to_none(means), "comparisons": M.nan_to_none(comps)}
 
 
@@ -292,12 +295,13 @@ def run_fold(data: Data, f: int, fold_of: dict[str, int], mined: pd.DataFrame, a
             tower, info = train_arm(arm, sets, val, data, cfg, cache, a.seed + f, fdir / f"model_{arm}")
         t_eval = time.time()
         pq = per_query_metrics(data, tower, test_q, exact, cfg.batch_size_eval)
-        pq.to_parquet(fdir / f"{arm}.parquet")
+        pq.to_parquet(fdir / f"{arm}.parquet.tmp")
+        os.replace(fdir / f"{arm}.parquet.tmp", fdir / f"{arm}.parquet")  # a crash never leaves a "done" arm
         if not a.keep_models:
             shutil.rmtree(fdir / f"model_{arm}", ignore_errors=True)
         rec["arms"][arm] = {**info, "eval_seconds": round(time.time() - t_eval, 1),
                             "seconds": round(time.time() - t, 1), "heldout": M.nan_to_none(M.summarize(pq))}
-        rec_path.write_text(json.dumps(rec, indent=2, default=str) + "\n")
+        atomic_write(rec_path, json.dumps(rec, indent=2, default=str) + "\n")
         print(f"[{data.name}] fold {f} {arm}: {json.dumps(rec['arms'][arm]['heldout'])} "
               f"({rec['arms'][arm]['seconds']}s)", flush=True)
     return rec
@@ -323,7 +327,15 @@ def run_dataset(data: Data, a, cfg, out: Path) -> dict:
     n_done = {arm: int(len(pq)) for arm, pq in per_query.items()}
     return {"n_queries": len(fold_of), "n_products": len(data.products), "n_mined": len(mined),
             "mined_levels": mined["level"].value_counts().to_dict(), "queries_scored": n_done,
-            "seconds_this_run": round(time.time() - t0, 1), "folds": records, **summarize(per_query)}
+            "seconds_this_run": round(time.time() - t0, 1), "seconds_recorded": recorded_seconds(records),
+            "folds": records, **summarize(per_query)}
+
+
+def recorded_seconds(records: list[dict]) -> float:
+    """Labelling + every arm's training and scoring, summed over the folds' records: the compute the
+    figures took across resumed runs (a run's own wall time covers only what it did itself)."""
+    return round(sum(r.get("label_seconds", 0) + sum(v.get("seconds", 0) for v in r["arms"].values())
+                     for r in records), 1)
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -350,13 +362,38 @@ def markdown(res: dict) -> str:
     for name, d in res["datasets"].items():
         for comp, c in d["comparisons"].items():
             lines.append(f"| {name} | {comp} | " + " | ".join(_ci(c.get(m)) for m in METRICS[:4]) + " |")
-    segs = [(name, comp, k, c) for name, d in res["datasets"].items() for comp, cc in d["comparisons"].items()
-            for k, c in cc.items() if k.startswith("ndcg@10/") and comp.endswith("zero_shot")]
+    segs = [(name, comp, k.split("/")[1], cc) for name, d in res["datasets"].items()
+            for comp, cc in d["comparisons"].items() for k in cc
+            if k.startswith("ndcg@10/") and comp.endswith("zero_shot")]
     if segs:
-        lines += ["", "| dataset | difference | segment | ΔNDCG@10 ESCI (95% CI) | queries |", "|---|---|---|---|---|"]
-        lines += [f"| {n} | {comp} | {k.split('/')[1]} | {_ci(c)} | {c.get('n_queries', 0)} |"
-                  for n, comp, k, c in segs]
+        lines += ["", "| dataset | difference | segment | queries | ΔNDCG@10 ESCI (95% CI) | ΔIrrelevant@10 | "
+                  "Δrecall@50 |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {comp} | {seg} | {cc[f'ndcg@10/{seg}'].get('n_queries', 0)} | "
+                  + " | ".join(_ci(cc.get(f"{m}/{seg}")) for m in ("ndcg@10", "irrelevant@10", "recall@50")) + " |"
+                  for n, comp, seg, cc in segs]
     return "\n".join(lines) + "\n"
+
+
+def merged(res: dict, path: Path) -> dict:
+    """`res` plus the datasets an earlier run wrote to `path` and this run did not redo (each dataset keeps
+    its own `run` record), so `--datasets esci` after a world run leaves the world's figures in place."""
+    if not path.exists():
+        return res
+    try:
+        prev = json.loads(path.read_text())
+        old = prev.get("datasets", {})
+    except (json.JSONDecodeError, AttributeError):
+        return res
+    run = {k: prev[k] for k in ("config", "host", "seconds_this_run", "peak_rss_mb") if k in prev}
+    kept = {k: {**v, "run": v.get("run", run)} for k, v in old.items() if k not in res["datasets"]}
+    return {**res, "datasets": {k: ({**kept, **res["datasets"]})[k]
+                                for k in ("esci", "world") if k in kept or k in res["datasets"]}}
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -389,11 +426,15 @@ def main(argv: list[str] | None = None) -> dict:
     for name in a.datasets:
         data = esci_data() if name == "esci" else world_data(work / "world_data", a.world_seed)
         res["datasets"][name] = run_dataset(data, a, cfg, work / name)
+        res["datasets"][name]["run"] = {
+            "argv": sys.argv[1:] if argv is None else argv, "config": res["config"], "host": res["host"],
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     res["seconds_this_run"] = round(time.time() - t0, 1)
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "twotower.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    (out / "twotower.md").write_text(markdown(res))
+    res = merged(res, out / "twotower.json")
+    atomic_write(out / "twotower.json", json.dumps(res, indent=2, default=str) + "\n")
+    atomic_write(out / "twotower.md", markdown(res))
     print(markdown(res))
     return res
 

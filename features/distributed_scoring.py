@@ -116,8 +116,16 @@ def score_distributed(pairs: pd.DataFrame, products: pd.DataFrame, queries: pd.D
                       path: str | Path | None = None, client: Any = None, npartitions: int | None = None,
                       max_length: int | None = None, batch_size: int = 64) -> pd.DataFrame:
     """`score_dask` computed: the feature table of `pairs`, in their order, every row present."""
-    out = score_dask(pairs, products, queries, kind, path, client, npartitions, max_length,
-                     batch_size).compute().reset_index(drop=True)
+    from distributed import KilledWorker
+    from distributed.comm import CommClosedError
+
+    lazy = score_dask(pairs, products, queries, kind, path, client, npartitions, max_length, batch_size)
+    try:
+        out = lazy.compute().reset_index(drop=True)
+    except (KilledWorker, CommClosedError) as e:  # a partition killed every worker it ran on
+        raise ScoringError(f"distributed {kind} scoring of {len(pairs)} pairs failed: workers died "
+                           f"({type(e).__name__}: {str(e)[:300]}). Fix: give the workers more memory "
+                           "(compute.memory_limit) or use more, smaller partitions (npartitions), then re-run.") from e
     check_complete(pairs, out)
     return out
 

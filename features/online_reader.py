@@ -43,7 +43,7 @@ class SqliteReader:
         self._con: sqlite3.Connection | None = None
         self._ident: tuple[int, int] | None = None
         self._version: tuple[int, int, int, int] | None = None  # (dev, ino, size, mtime_ns) the cache belongs to
-        self._cache: dict[tuple[str, tuple[str, ...]], OrderedDict[bytes, np.ndarray]] = {}
+        self._cache: dict[tuple[str, tuple[str, ...]], OrderedDict[tuple[str, ...], np.ndarray]] = {}
         self._lock = threading.Lock()  # one connection and one cache, many request threads
 
     def close(self) -> None:
@@ -97,17 +97,19 @@ class SqliteReader:
             mat[ri[ok], ci[ok]] = decode_values(list(vs))[ok]
         return mat
 
-    def _view_matrix(self, view: str, ek: list[bytes], feats: list[str]) -> np.ndarray:
-        """Values of `feats` for each of the entity keys `ek` (NaN where absent): cached rows, then one SELECT
-        for the rest."""
+    def _view_matrix(self, view: str, keys: list[tuple[str, ...]], feats: list[str],
+                     join_keys: list[str]) -> np.ndarray:
+        """Values of `feats` for each entity (a tuple of its join key values; NaN where absent): cached rows,
+        then one SELECT for the rest. The cache is keyed by the values, so a warm request encodes no key."""
         with self._lock:
             self._connection()  # checks the file; clears the cache if it changed
             cache = self._cache.setdefault((view, tuple(feats)), OrderedDict())
-            rows = [cache.get(k) for k in ek]
-            todo = list(dict.fromkeys(k for k, r in zip(ek, rows) if r is None))
+            rows = [cache.get(k) for k in keys]
+            todo = list(dict.fromkeys(k for k, r in zip(keys, rows) if r is None))
             if todo:
-                fresh = dict(zip(todo, self._fetch(view, todo, feats)))
-                rows = [fresh[k] if r is None else r for k, r in zip(ek, rows)]
+                ek = encode_key_columns({j: [t[i] for t in todo] for i, j in enumerate(join_keys)})
+                fresh = dict(zip(todo, self._fetch(view, ek, feats)))
+                rows = [fresh[k] if r is None else r for k, r in zip(keys, rows)]
                 cache.update(fresh)
                 while len(cache) > self.cache_entries:
                     cache.popitem(last=False)
@@ -118,7 +120,7 @@ class SqliteReader:
         values = {"query_id": [query_id] * len(product_ids), "product_id": product_ids}
         out: dict[str, np.ndarray] = {}
         for v, (keys, feats) in views.items():
-            sub = self._view_matrix(v, encode_key_columns({k: values[k] for k in keys}), feats)
+            sub = self._view_matrix(v, list(zip(*(values[k] for k in keys))), feats, list(keys))
             for j, f in enumerate(feats):
                 out[f] = sub[:, j]
         return out

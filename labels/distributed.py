@@ -16,7 +16,10 @@ Why the work is split this way:
   see every request of the job, however many workers graded the tiers below it. Calls to an API are I/O,
   so a driver with async concurrency is what fills a rate limit; workers would only split it;
 - results are committed per finished partition (`as_completed`), so a killed driver re-run grades only
-  the partitions that had not come back.
+  the partitions that had not come back;
+- a worker killed mid-job: the scheduler re-runs its partitions on a live worker (the partitions' pairs
+  live in the task graph), so the job completes; a partition that kills every worker it lands on ends
+  in `LabelerError` (as does any result count short of the pairs sent), never in missing labels.
 """
 from __future__ import annotations
 
@@ -126,6 +129,10 @@ class PartitionedBackend(Backend):
             raise LabelerError(f"distributed labelling stopped after {len(out)} of {len(pairs)} pairs "
                                f"({type(e).__name__}: {e}). Fix: re-run; the graded pairs are in the cache.") \
                 from e
+        if len(out) != len(pairs):  # a worker's backend skipped pairs: say so, never return a silent hole
+            raise LabelerError(f"distributed labelling returned {len(out)} results for {len(pairs)} pairs "
+                               f"(the local backend {self.name!r} on the workers graded fewer than it was sent). "
+                               "Fix: re-run; the graded pairs are in the cache.")
         return out
 
 

@@ -140,6 +140,8 @@ def ingest_ubi_cmd(dataset: Path = typer.Option(..., "--dataset", help="Dataset 
                                                                help="action_name(s) that are impressions "
                                                                     "(default: impression)."),
                    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing impressions."),
+                   append: bool = typer.Option(False, "--append", help="Add these logs to the existing "
+                                               "impressions (a new day of a shop's logs)."),
                    simulated: bool = typer.Option(False, "--simulated", help="The logs were generated, not "
                                                   "real shoppers: reports will say simulated.")) -> None:
     """Turn UBI logs (ubi_queries + ubi_events) into the dataset's impressions; report what could not be used."""
@@ -159,7 +161,7 @@ def ingest_ubi_cmd(dataset: Path = typer.Option(..., "--dataset", help="Dataset 
         cfg = UbiConfig.model_validate(ov)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, UbiConfig, "ingest-ubi --action/--impression-action")) from None
-    _echo_json(ingest_ubi(src, dataset, cfg, overwrite=overwrite, simulated=simulated))
+    _echo_json(ingest_ubi(src, dataset, cfg, overwrite=overwrite, simulated=simulated, append=append))
 
 
 # --- labels ----------------------------------------------------------------------------------------

@@ -65,6 +65,30 @@ def group_layout(ddf) -> pd.DataFrame:
                                          "qids": object}).compute().reset_index(drop=True)
 
 
+def _fit_or_explain(client, fit) -> None:
+    """Run `fit`; if it fails because a worker was lost, say so in one `RankerError`.
+
+    A lost worker cannot be recovered inside a fit: XGBoost's collective is a fixed group of workers, so
+    the survivor's all-reduce fails on the closed socket and XGBoost refuses to re-run the dead worker's
+    part elsewhere ("Resilience is not yet supported"). The fit therefore ends in an error (never in a
+    model trained on part of the rows) and the fix is to re-run it; the nanny has already restarted the
+    worker. Other failures (a bad parameter) are re-raised as they are."""
+    from distributed import KilledWorker
+    from distributed.comm import CommClosedError
+
+    before = set(client.scheduler_info(n_workers=-1)["workers"])
+    try:
+        fit()
+    except Exception as e:
+        lost = sorted(before - set(client.scheduler_info(n_workers=-1)["workers"]))
+        if not lost and not isinstance(e, (KilledWorker, CommClosedError)):
+            raise
+        raise RankerError(f"Dask training lost worker(s) {lost or '(unknown)'} mid-fit ({type(e).__name__}: "
+                          f"{str(e)[:300]}); no model was produced. Fix: re-run the fit (the cluster restarts "
+                          "dead workers); if workers keep dying, give them more memory (compute.memory_limit) "
+                          "or use more workers.") from e
+
+
 class DaskXGBLambdaMART(XGBLambdaMART):
     """`XGBLambdaMART` trained by `xgboost.dask.DaskXGBRanker`; see the module docstring.
 
@@ -141,7 +165,7 @@ class DaskXGBLambdaMART(XGBLambdaMART):
         kw = {}
         if val is not None:
             kw = {"eval_set": [(val[feats], val[LABEL])], "eval_qid": [val[QID]]}
-        model.fit(train[feats], train[LABEL], qid=train[QID], verbose=verbose, **kw)
+        _fit_or_explain(client, lambda: model.fit(train[feats], train[LABEL], qid=train[QID], verbose=verbose, **kw))
         self.layout_ = group_layout(train)
         local = xgb.XGBRanker()
         local.load_model(bytearray(model.get_booster().save_raw("ubj")))

@@ -4,7 +4,8 @@ The dataset is any directory with products.parquet + judgments.parquet (query, p
 e.g. ../shared/data/esci, used as is. Features are computed on the fly with the offline functions
 (features/ondemand.py: lexical and product features with BM25 over *this* dataset's catalog, bi-encoder
 cosine, cross-encoder score); engagement features are absent -> NaN, which the trees route the way they
-learnt for never-shown pairs in training. With `features_dir`, values present in that online store win.
+learnt for never-shown pairs in training, and a query with no engagement at all goes to the model's cold
+route when it carries one (`ltr.cold_route`). With `features_dir`, values present in that online store win.
 
 Output JSON: NDCG@k with ESCI gains (E=1, S=0.1, C=0.01, I=0) and exponential gains (2^grade - 1),
 Irrelevant@k, n_queries, which features were computed / missing, and per-query values.
@@ -24,6 +25,7 @@ from features.ondemand import OnDemandFeatures, is_engagement
 from ltr.data import metrics as M
 from ltr.data.dataset import Dataset
 
+from .cold_route import routed_scores
 from .serving.assemble import FeatureAssembler
 from .serving.model import ServingError, check_bi_encoder, load_ranker
 
@@ -118,7 +120,8 @@ def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Pa
     t_feat = time.perf_counter()
     X = asm.frame_pairs(j[["query", "product_id"]], progress=progress)
     t_score = time.perf_counter()
-    per = _per_query(j, lm.ranker.predict(X, missing="nan"), k)
+    scores, routed = routed_scores(lm.ranker, lm.cold_route, X, j["query_id"].to_numpy())
+    per = _per_query(j, scores, k)
     result: dict[str, Any] = {
         "dataset": str(Path(dataset_dir).resolve()),
         "model": lm.describe(),
@@ -135,6 +138,8 @@ def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Pa
         "features_missing_non_engagement": unexpected,
         "feature_sources": asm.sources,
         "engagement": "from online store" if store is not None else "absent (NaN), as for never-shown pairs",
+        "cold_route": {"choice": lm.cold_route.scorer_.name if lm.cold_route is not None else None,
+                       "queries_routed": int(j.loc[routed, "query_id"].nunique())},
         "seconds": {"features": round(t_score - t_feat, 3), "total": round(time.perf_counter() - t0, 3)},
         "per_query": [
             {"query_id": q, "query": r["query"], "n_judged": int(r["n_judged"]), "n_relevant": int(r["n_relevant"]),

@@ -357,6 +357,7 @@ def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, te
     honest choice, and the manifest says so. Without `paths` (or without that folder) nothing is
     recorded, and evaluate / serve then refuse a ce_score model unless given a cross-encoder explicitly.
     """
+    from ltr.cold_route import evaluate_cold_routed, fit_cold_route
     from ltr.tracking import ServingParts, file_digest, log_training_run, register_model
     from ltr.train import train_and_evaluate
     op = tres.tuned
@@ -366,13 +367,19 @@ def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, te
     if cfg.compute.engine == "dask" and best.model.kind == "xgboost":  # same trees, trained on the cluster
         best = best.model_copy(update={"model": best.model.model_copy(update={"kind": "xgboost_dask"})})
     res = train_and_evaluate(train_part, best, test_frame=test_part)
+    # the cold route is chosen on the training queries alone (cross-validated), then measured on the test ones
+    route = fit_cold_route(train_part, tres.best_config, res.features)
+    if route is not None:
+        _log(f"stage train: cold route '{route.scorer_.name}' (cross-validated cold {route.validation_['metric']} "
+             f"on {route.validation_['n_queries']} training queries: {route.validation_['scores']})")
+        res.metrics.update(evaluate_cold_routed(res.model, route, test_part, best))
     ce_dir = paths.ce / "llm_fold0" if paths is not None else None
     ce_dir = ce_dir if ce_dir is not None and (ce_dir / "config.json").exists() else None
     ds_dir = Path(extra_params["dataset"]) if "dataset" in extra_params else None
     prints = {f"dataset/{p.name}": file_digest(p) for p in sorted(ds_dir.glob("*.parquet"))} if ds_dir else {}
     if paths is not None and paths.labels.exists():
         prints["labels"] = file_digest(paths.labels)
-    parts = ServingParts(cross_encoder=ce_dir, data_fingerprints=prints,
+    parts = ServingParts(cross_encoder=ce_dir, data_fingerprints=prints, cold_route=route,
                          cross_encoder_choice="fold 0 of 2 cross-fitted models (fine-tuned on fold 1's "
                                               "queries); it scored half the training rows' ce_score")
     run_id, model_uri = log_training_run(res, run_name="champion-candidate", label_source=cfg.labels.backend,
@@ -380,7 +387,7 @@ def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, te
     version = register_model(model_uri, cfg.tracking.model_name) if model_uri else None
     return {"operating_point": op.model_dump(), "test_metrics": res.metrics,
             "model_uri": f"models:/{cfg.tracking.model_name}@champion", "model_version": version,
-            "mlflow_run_id": run_id}
+            "mlflow_run_id": run_id, "cold_route": route.validation_ if route is not None else None}
 
 
 def grade_source(ds: Dataset) -> str:
@@ -402,23 +409,30 @@ def engagement_source(ds: Dataset) -> str:
 
 
 def stage_cold_start(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, test_part: pd.DataFrame,
-                     champion_metrics: dict[str, float]) -> dict[str, Any]:
+                     champion_metrics: dict[str, float], route: dict[str, Any] | None = None) -> dict[str, Any]:
     """The champion on the held-out queries warm and cold (engagement absent), beside the two models a cold
-    query could otherwise get: the content-only arm and the zero-shot bi-encoder's order."""
+    query could otherwise get: the content-only arm and the zero-shot bi-encoder's order. `champion_cold`
+    is the registered model as it scores a cold query (through its cold route, `route`: its choice and
+    validation figures); `champion_cold_unrouted` is the trees alone."""
     from ltr.data import metrics as M
     from ltr.train import content_only_config, evaluate_ranker, fit_ranker
     k = f"ndcg@{cfg.train.k}"
     ccfg = content_only_config(tres.best_config)
     content_only, _ = evaluate_ranker(fit_ranker(train_part, ccfg), test_part, ccfg)
-    out = {"champion_warm": champion_metrics.get(k), "champion_cold": champion_metrics.get(f"{k}/cold"),
-           "content_only": content_only.get(k), "metric": k, "n_queries": champion_metrics.get("n_queries")}
+    trees = champion_metrics.get(f"{k}/cold")
+    out = {"champion_warm": champion_metrics.get(k), "champion_cold": champion_metrics.get(f"{k}/cold_routed", trees),
+           "champion_cold_unrouted": trees, "cold_route": route, "content_only": content_only.get(k), "metric": k,
+           "n_queries": champion_metrics.get("n_queries")}
     if "bienc_cos" in test_part.columns:
         ok = test_part["bienc_cos"].notna()
         out["bienc_zero_shot"] = M.evaluate(test_part[ok], test_part.loc[ok, "bienc_cos"].to_numpy(),
                                             k=cfg.train.k, metrics=())[k]
+        out["zero_shot_rule_met"] = bool(out["champion_cold"] is not None
+                                         and out["champion_cold"] >= out["bienc_zero_shot"])
     out["cold_rule_met"] = bool(out["champion_cold"] is not None and out["champion_cold"] >= out["content_only"])
-    _log(f"stage cold start: {k} warm {out['champion_warm']:.4f}, cold {out['champion_cold']:.4f}; content-only "
-         f"{out['content_only']:.4f}; zero-shot bi-encoder {out.get('bienc_zero_shot', float('nan')):.4f}")
+    _log(f"stage cold start: {k} warm {out['champion_warm']:.4f}, cold {out['champion_cold']:.4f} (trees alone "
+         f"{trees:.4f}); content-only {out['content_only']:.4f}; zero-shot bi-encoder "
+         f"{out.get('bienc_zero_shot', float('nan')):.4f}")
     return out
 
 
@@ -504,7 +518,7 @@ def _run_stages(cfg: RunConfig, out: str | Path, skip_experiments: bool) -> dict
     if "candidates" in ds.metadata:
         run.summary["mined_candidates"] = ds.metadata["candidates"]
     run.summary["cold_start"] = run.timed("cold_start", stage_cold_start, cfg, tres, train_part, test_part,
-                                          run.summary["test_metrics"])
+                                          run.summary["test_metrics"], run.summary.pop("cold_route", None))
     (paths.reports / "train_metrics.json").write_text(json.dumps(run.summary, indent=2, default=str) + "\n")
     if not skip_experiments:
         result = run.timed("experiments", stage_experiments, cfg, paths, frame, tres.tuned, ds, ds_dir)

@@ -64,8 +64,13 @@ def _cold_row(c: Mapping[str, Any] | None) -> str | None:
     if not c or "champion_cold" not in c:
         return None
     metric = c.get("metric", "ndcg@10")
-    return (f"{metric} warm {_num(c.get('champion_warm'))} | cold {_num(c.get('champion_cold'))} | "
-            f"content-only {_num(c.get('content_only'))}")
+    route = (c.get("cold_route") or {}).get("choice")
+    cold = f"cold {_num(c.get('champion_cold'))}"
+    if route and route != "champion":
+        cold += f" (route {route}; trees alone {_num(c.get('champion_cold_unrouted'))})"
+    zero_shot = f" | zero-shot bi-encoder {_num(c['bienc_zero_shot'])}" if "bienc_zero_shot" in c else ""
+    return (f"{metric} warm {_num(c.get('champion_warm'))} | {cold} | content-only {_num(c.get('content_only'))}"
+            + zero_shot)
 
 
 def _esci_row(ev: Mapping[str, Any] | None) -> str | None:

@@ -254,7 +254,8 @@ class ServingParts:
     bi_encoder: the encoder behind `bienc_cos` ("default": `ltr.data.encoder.default_encoder_path()` at
     the length offline features use), recorded by identity. feature_service: the Feast feature service the
     online features come from. data_fingerprints: extra fingerprints (dataset files, labels) beside the
-    train / test frame fingerprints that every run records.
+    train / test frame fingerprints that every run records. cold_route: the fitted `ltr.cold_route.ColdRoute`
+    (its choice and validation figures go into the manifest, its content model is logged beside the trees).
     """
 
     cross_encoder: Path | None = None
@@ -262,6 +263,7 @@ class ServingParts:
     bi_encoder: str | Path | None = "default"
     feature_service: str = "serving"
     data_fingerprints: Mapping[str, str] = field(default_factory=dict)
+    cold_route: Any = None
 
 
 def _bi_encoder_record(parts: ServingParts) -> dict[str, Any] | None:
@@ -294,6 +296,25 @@ def _cross_encoder_record(parts: ServingParts) -> dict[str, Any] | None:
             "choice": parts.cross_encoder_choice}
 
 
+COLD_ROUTE_MODEL = "cold_route_content_model"
+
+
+def _cold_route_record(parts: ServingParts) -> dict[str, Any] | None:
+    """The route's choice and validation figures; its content model (if it has one) logged as a second MLflow
+    model of the run, loaded back by `ltr.serving.model.load_ranker`."""
+    route = parts.cold_route
+    if route is None:
+        return None
+    import pandas as pd
+
+    rec = route.record()
+    if route.content_model_ is not None:
+        feats = list(route.content_model_.feature_names_)
+        info = log_ranker(route.content_model_, pd.DataFrame(0.0, index=[0], columns=feats), name=COLD_ROUTE_MODEL)
+        rec["content_model_uri"] = info.model_uri
+    return rec
+
+
 def log_serving_parts(model, target, parts: ServingParts) -> dict[str, Any]:
     """Log the manifest (`MODEL_MANIFEST`) of the fitted ranker `model` and its cross-encoder into the active
     run; returns the manifest. `target` is the TrainConfig target the trees were fitted on: the label
@@ -310,6 +331,7 @@ def log_serving_parts(model, target, parts: ServingParts) -> dict[str, Any]:
         "data_fingerprints": dict(parts.data_fingerprints),
         "cross_encoder": _cross_encoder_record(parts),
         "bi_encoder": _bi_encoder_record(parts),
+        "cold_route": _cold_route_record(parts),
     }
     mlflow.log_dict(manifest, MODEL_MANIFEST)
     ce = manifest["cross_encoder"]

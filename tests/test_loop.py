@@ -8,10 +8,8 @@ no request on the way.
 
 Appended, not replaced: a shop's new day of logs extends its history. The engagement features read 7- and
 28-day windows as of the cutoff and the labels come from the last 7 days, so a log of only the replayed day
-would leave every engagement feature empty and train v2 on one day of clicks. `ingest_ubi` refuses to touch
-an existing log (it replaces only with overwrite), so the new impressions are ingested into a staging copy
-of the catalog and appended here; the IMPRESSIONS key (request_id, product_id) is checked on write, so a
-request logged twice would be refused.
+would leave every engagement feature empty and train v2 on one day of clicks. `ltr ingest-ubi --append`
+adds them to the log and refuses a request id it already holds, so a day ingested twice is not counted twice.
 """
 from __future__ import annotations
 
@@ -28,9 +26,8 @@ from typer.testing import CliRunner
 
 from ltr import tracking as T
 from ltr.cli import app as cli
-from ltr.data.dataset import Dataset, read_table, update_metadata, write_table
+from ltr.data.dataset import Dataset, read_table
 from ltr.data.schemas import IMPRESSIONS
-from ltr.data.ubi import ingest_ubi
 from ltr.serving.app import create_app
 from ltr.serving.demo import save_encoder
 from ltr.serving.served_log import read_served_log
@@ -59,17 +56,12 @@ def _ltr_run(config: Path, out: Path) -> dict:
     return json.loads((out / "reports" / "summary.json").read_text())
 
 
-def _append_ubi(ubi_file: Path, ds: Path, staging: Path) -> dict:
-    """Ingest the UBI export into a staging copy of the catalog, then append its impressions to the log."""
-    staging.mkdir()
-    for t in ("products.parquet", "queries.parquet"):
-        shutil.copy(ds / t, staging / t)
-    report = ingest_ubi([ubi_file], staging, simulated=True)
-    old, new = read_table(ds / "impressions.parquet", IMPRESSIONS), read_table(staging / "impressions.parquet",
-                                                                              IMPRESSIONS)
-    write_table(pd.concat([old, new], ignore_index=True), ds / "impressions.parquet", IMPRESSIONS)
-    update_metadata(ds, ubi=report)
-    return report
+def _append_ubi(ubi_file: Path, ds: Path) -> dict:
+    """The replayed day's UBI export, appended to the dataset's log (`ltr ingest-ubi --append`)."""
+    res = CliRunner().invoke(cli, ["ingest-ubi", "--dataset", str(ds), "--src", str(ubi_file), "--append",
+                                   "--simulated"])
+    assert res.exit_code == 0, res.output[-3000:]
+    return Dataset.load(ds).metadata["ubi"]
 
 
 class Traffic:
@@ -118,7 +110,7 @@ def _shoppers_in(srv: LiveServer, state, root: Path, ds1: Path, out: dict) -> No
     out["served"] = read_served_log(root / "served")
     out["ds1"], out["ds2"] = ds1, root / "ds2"
     shutil.copytree(ds1, out["ds2"])
-    out["ingest"] = _append_ubi(out["ubi_file"], out["ds2"], root / "staging")
+    out["ingest"] = _append_ubi(out["ubi_file"], out["ds2"])
 
 
 def _retrain_under_traffic(srv: LiveServer, root: Path, out: dict) -> None:

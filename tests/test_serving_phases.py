@@ -111,6 +111,35 @@ def test_deadline_cuts_work_off_and_leftovers_finish_when_idle(world, scorer):
     assert b.stats["expired_pairs"] > 0 and b.stats["backlog_pairs"] > 0
 
 
+def test_leftovers_wait_while_a_request_is_in_flight(world, scorer):
+    """A backlog batch started when a request arrives would take the cores its first phase needs."""
+    scored: list[int] = []
+    b = CrossEncoderBatcher(scorer.score, batch_size=4, pair_seconds=0.0125, idle_batch=4,
+                            on_scored=lambda job, sl, s: scored.extend(range(sl.start, sl.stop)))
+    try:
+        qs, ts = _pairs(world, 8)
+        with b.foreground():
+            b.wait(b.submit(qs, ts, time.monotonic() - 1))    # deadline already passed: all 8 left over
+            time.sleep(0.3)
+            assert scored == [] and b.pending()["backlog_pairs"] == 8
+        assert wait_for(lambda: sorted(scored) == list(range(8)), timeout=20)  # the request done: idle again
+    finally:
+        b.close()
+
+
+def test_calibration_measures_the_cost_per_pair(world, scorer):
+    def slow(q, t):
+        time.sleep(0.01 * len(t))                            # 10 ms a pair
+        return scorer.score(q, t)
+
+    b = CrossEncoderBatcher(slow, pair_seconds=5.0)       # a guess far off: calibration replaces it
+    try:
+        qs, ts = _pairs(world, 4)
+        assert 0.009 < b.calibrate(qs, ts) < 1.0 and 0.009 < b.pair_seconds < 1.0
+    finally:
+        b.close()
+
+
 def test_a_full_batcher_turns_work_away_instead_of_queueing(world, scorer):
     gate = threading.Event()
     b = CrossEncoderBatcher(lambda q, t: (gate.wait(10), scorer.score(q, t))[1], batch_size=2, max_jobs=2)

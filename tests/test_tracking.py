@@ -176,6 +176,7 @@ def test_stage_train_register_records_fold0_as_the_serving_cross_encoder(store, 
 
     monkeypatch.setenv("LTR_MODEL_CACHE", str(tmp_path / "cache"))
     frame = synthetic_training_frame(24, 10, seed=3)
+    frame["eng_qp_ctr_28d"] = frame["ctr_smoothed"]               # an engagement feature: the model gets a cold route
     train, test = split_frame(frame, "query_id", [0.7, 0.3], 0)
     tcfg = TrainConfig.model_validate({"model": {"n_estimators": 10, "early_stopping_rounds": 5, "n_jobs": 1}})
     tres = tune(train, tcfg, TuneConfig(n_trials=2, storage=f"sqlite:///{tmp_path}/optuna.db", study_name="s"),
@@ -198,3 +199,6 @@ def test_stage_train_register_records_fold0_as_the_serving_cross_encoder(store, 
     assert set(prints) == {"train_frame", "test_frame", "labels", "dataset/products.parquet",
                            "dataset/judgments.parquet"}
     assert prints["labels"] == T.file_digest(paths.labels)
+    route = lm.manifest["cold_route"]   # chosen on the training queries alone, and carried by the model
+    assert route["validation"]["n_queries"] == train["query_id"].nunique() and route["features"] == lm.features
+    assert (lm.cold_route.scorer_.name == route["choice"]) and "ndcg@10/cold_routed" in out["test_metrics"]

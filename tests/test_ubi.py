@@ -192,6 +192,30 @@ def test_nothing_joined_or_existing_logs_refuse(world, tmp_path):
         ingest_ubi([src], world)
 
 
+def test_append_extends_the_log_and_refuses_a_second_ingest(world, tmp_path):
+    """A shop's new day of logs is appended (the engagement windows need the old days); the same day twice
+    is refused before anything is written."""
+    queries, events = _ubi_docs(world)
+    first = {q["query_id"] for q in queries[: len(queries) // 2]}
+    day = {k: _bulk(tmp_path / f"{k}.ndjson", [q for q in queries if (q["query_id"] in first) == (k == "a")],
+                    [e for e in events if (e["query_id"] in first) == (k == "a")]) for k in ("a", "b")}
+    ds = _bare_copy(world, tmp_path / "ds")
+    ingest_ubi([day["a"]], ds)
+    n_a = len(read_table(ds / "impressions.parquet", IMPRESSIONS))
+    rep = ingest_ubi([day["b"]], ds, append=True)
+    assert rep["joined"]["appended_to"] == n_a
+    key = ["request_id", "product_id"]
+    got = read_table(ds / "impressions.parquet", IMPRESSIONS)[IMP_COLS].sort_values(key).reset_index(drop=True)
+    want = read_table(world / "impressions.parquet", IMPRESSIONS)[IMP_COLS].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
+    before = _digest(ds)
+    with pytest.raises(UbiError, match="already in .*ingested before"):
+        ingest_ubi([day["b"]], ds, append=True)
+    with pytest.raises(UbiError, match="contradict"):
+        ingest_ubi([day["b"]], ds, append=True, overwrite=True)
+    assert _digest(ds) == before
+
+
 def test_timestamps():
     assert parse_timestamp("2024-12-10T00:26:04.625Z") == pd.Timestamp("2024-12-10 00:26:04.625", tz="UTC")
     assert parse_timestamp("2025-01-24T07:31:30.699+0000") == pd.Timestamp("2025-01-24 07:31:30.699", tz="UTC")

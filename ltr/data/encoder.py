@@ -92,6 +92,18 @@ class TextEncoder:
         """Sentence embeddings held in the memo (all max lengths)."""
         return len(self._memo)
 
+    def memoised(self, texts: Sequence[str], max_len: int) -> dict[str, np.ndarray]:
+        """The memo's embeddings of those of `texts` it holds: a disk cache is read only for the rest."""
+        with self._lock:
+            return {t: v for t in dict.fromkeys(texts) if (v := self._memo.get((max_len, t))) is not None}
+
+    def remember(self, texts: Sequence[str], emb: np.ndarray, max_len: int) -> None:
+        """Keep embeddings read from elsewhere (a disk cache) in the memo, under the same bound as `embed`."""
+        with self._lock:
+            if len(self._memo) + len(texts) > self.max_memo:
+                self._memo.clear()
+            self._memo.update(((max_len, t), np.asarray(v, np.float32)) for t, v in zip(texts, emb))
+
     @torch.inference_mode()
     def embed(
         self,

@@ -417,19 +417,38 @@ def _dataset_queries(root: Path, imps: pd.DataFrame) -> tuple[pd.DataFrame | Non
     return QUERIES.validate(out, where="queries with the UBI log's queries"), len(new)
 
 
+def _with_existing(root: Path, new: pd.DataFrame, report: dict[str, Any]) -> pd.DataFrame:
+    """The dataset's impressions followed by `new`, validated as one table before anything is written."""
+    path = root / "impressions.parquet"
+    if not path.exists():
+        report["joined"]["appended_to"] = 0
+        return new
+    old = read_table(path, IMPRESSIONS)
+    again = new[["request_id"]].drop_duplicates().merge(old[["request_id"]].drop_duplicates())
+    if len(again):
+        raise UbiError(f"{len(again)} request id(s) of these logs are already in {path} (e.g. "
+                       f"{again['request_id'].iloc[0]!r}): these logs were ingested before. Fix: append only "
+                       "new logs, or pass --overwrite with the whole history.")
+    report["joined"]["appended_to"] = len(old)
+    return IMPRESSIONS.validate(pd.concat([old, new], ignore_index=True), where="impressions with the UBI log's")
+
+
 def ingest_ubi(sources: Iterable[str | Path], dataset_dir: str | Path, cfg: UbiConfig | None = None,
-               overwrite: bool = False, simulated: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, simulated: bool = False, append: bool = False) -> dict[str, Any]:
     """Turn UBI logs into DATASET/impressions.parquet (and add their queries); returns the report, also
     stored in metadata.json under "ubi". Nothing is written unless every table validates and at least one
     impression was joined. simulated: the engagement was generated (e.g. by OpenSearch's UBI data
-    generator), so every report says simulated."""
+    generator), so every report says simulated. append: a shop's new day of logs extends its history (the
+    engagement windows need the old days); a request already in the log is refused, not counted twice."""
     root = Path(dataset_dir)
     if not (root / "products.parquet").exists():
         raise UbiError(f"{root}: no products.parquet. Fix: pass --dataset DIR of a dataset (its catalog decides "
                        "which logged products are known), e.g. one written by `ltr load-esci`.")
-    if (root / "impressions.parquet").exists() and not overwrite:
-        raise UbiError(f"{root}/impressions.parquet already exists. Fix: pass --overwrite to replace it, or "
-                       "ingest into a copy of the dataset.")
+    if overwrite and append:
+        raise UbiError("--overwrite and --append contradict each other. Fix: pass one of them.")
+    if (root / "impressions.parquet").exists() and not (overwrite or append):
+        raise UbiError(f"{root}/impressions.parquet already exists. Fix: pass --append to add these logs to it, "
+                       "--overwrite to replace it, or ingest into a copy of the dataset.")
     products = read_table(root / "products.parquet", PRODUCTS, nonempty=True)
     log = read_ubi(sources)
     df, report = ubi_impressions(log, products["product_id"], cfg)
@@ -438,7 +457,8 @@ def ingest_ubi(sources: Iterable[str | Path], dataset_dir: str | Path, cfg: UbiC
                        f"(unused: {report['unused_events'] or 'none'}). Fix: check that the logs' object_id "
                        "values are this catalog's product_id and that impression events are mapped "
                        "(--impression-action).")
-    imps = IMPRESSIONS.validate(df, where="UBI impressions")
+    imps = _with_existing(root, IMPRESSIONS.validate(df, where="UBI impressions"), report) if append else \
+        IMPRESSIONS.validate(df, where="UBI impressions")
     queries, n_new = _dataset_queries(root, df)
     report["joined"]["queries_new_to_dataset"] = n_new
     if queries is not None:  # both tables validated above: neither write can be refused half-way

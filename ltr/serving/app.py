@@ -73,6 +73,8 @@ class RankResponse(BaseModel):
     degraded_reasons: list[str]
     ce_wanted: int = Field(description="pairs the second phase asked the cross-encoder for")
     ce_scored: int = Field(description="of those, pairs scored before the deadline (cached ones included)")
+    cold_route: str | None = Field(None, description="no candidate had any engagement: the model's cold scorer "
+                                   "(e.g. 'feature:bienc_cos') ranked the request; null: the trees did")
     took_ms: float
 
 
@@ -273,8 +275,9 @@ def rank_request(state: ServiceState, req: RankRequest, started: float | None = 
         return _problem(*problem)
     rid = req.request_id or uuid.uuid4().hex
     try:
-        docs = live.ondemand.positions(ids)
-        r = rank_phases(live, q, ids, docs, state.cfg.rerank_k, started, state.cfg.ce_deadline_ms / 1000)
+        with live.foreground():
+            docs = live.ondemand.positions(ids)
+            r = rank_phases(live, q, ids, docs, state.cfg.rerank_k, started, state.cfg.ce_deadline_ms / 1000)
     except Exception:
         state.metrics.failed()
         raise
@@ -288,7 +291,8 @@ def rank_request(state: ServiceState, req: RankRequest, started: float | None = 
     state.metrics.served(took, len(ids), r, bool(reasons))
     return RankResponse(request_id=rid, query_id=query_id(q), model_version=live.version, results=results,
                         n_candidates=len(ids), store=r.store, degraded=bool(reasons), degraded_reasons=reasons,
-                        ce_wanted=r.ce_wanted, ce_scored=r.ce_scored, took_ms=round(took * 1000, 3))
+                        ce_wanted=r.ce_wanted, ce_scored=r.ce_scored, cold_route=r.cold_route,
+                        took_ms=round(took * 1000, 3))
 
 
 def _store_health(store: Any) -> dict[str, Any]:

@@ -7,8 +7,10 @@ deadline; the thread fills each batch from the jobs whose deadlines come first (
 sized by the measured cost per pair so that a batch started before a deadline ends before it. When its
 deadline passes a request takes what was scored; the rest stays missing and the response says how many
 were scored. The pairs a request ran out of time for are not dropped: they wait in a bounded backlog that
-the thread works through, a few pairs at a time, whenever no request is waiting, and every score goes to
-`on_scored` (the service's cache), so the next request for the same query finds them scored.
+the thread works through, a few pairs at a time, only while no request is in flight (`foreground`): a
+backlog batch running when a request arrives would take the cores its first phase needs and hold the model
+past its deadline. Every score goes to `on_scored` (the service's cache), so the next request for the same
+query finds them scored.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -62,6 +65,7 @@ class CrossEncoderBatcher:
         self.max_backlog, self.idle_batch = max_backlog, idle_batch
         self._cv = threading.Condition()
         self._closed = False
+        self._foreground = 0  # requests in flight: the backlog waits while any is
         self.stats = {"batches": 0, "pairs": 0, "rejected_jobs": 0, "expired_pairs": 0, "backlog_pairs": 0,
                       "errors": 0}
         self._thread = threading.Thread(target=self._run, name="ce-batcher", daemon=True)
@@ -80,6 +84,28 @@ class CrossEncoderBatcher:
             self._jobs.append(job)
             self._cv.notify()
         return job
+
+    def calibrate(self, queries: Sequence[str], texts: Sequence[str]) -> float:
+        """Measure the cost per pair on real pairs before serving (the second of two passes; the first warms
+        the model), so the first requests' batches are sized to their deadlines and not to a guess."""
+        self._score(list(queries), list(texts))
+        t0 = time.monotonic()
+        self._score(list(queries), list(texts))
+        with self._cv:
+            self.pair_seconds = max(1e-5, (time.monotonic() - t0) / max(1, len(texts)))
+            return self.pair_seconds
+
+    @contextmanager
+    def foreground(self) -> Iterator[None]:
+        """Around a request's whole ranking: no backlog batch starts while one is in flight."""
+        with self._cv:
+            self._foreground += 1
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._foreground -= 1
+                self._cv.notify()
 
     def wait(self, job: CEJob) -> np.ndarray:
         """The job's scores once all are in or its deadline passed, whichever comes first."""
@@ -134,10 +160,10 @@ class CrossEncoderBatcher:
                 self._backlog.append(j)
 
     def _idle_batch(self) -> list[tuple[CEJob, int, int]]:
-        """Nobody waiting: a few leftover pairs (few, so a request arriving now waits little)."""
+        """Nobody in flight: a few leftover pairs (few, so a request arriving now waits little)."""
         while self._backlog and not self._backlog[0].left():
             self._backlog.popleft()
-        if not self._backlog:
+        if not self._backlog or self._foreground:
             return []
         j = self._backlog[0]
         n = min(self.idle_batch, j.left())
@@ -170,7 +196,7 @@ class CrossEncoderBatcher:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._closed and not self._jobs and not self._backlog:
+                while not self._closed and not self._jobs and not (self._backlog and not self._foreground):
                     self._cv.wait()
                 if self._closed:
                     for j in self._jobs:

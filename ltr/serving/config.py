@@ -33,7 +33,7 @@ class ServingConfig(StrictConfig):
     #: ... within this many milliseconds of the request's arrival; pairs not scored by then stay missing
     ce_deadline_ms: float = Field(80.0, gt=0)
     #: pairs per cross-encoder forward pass, drawn from all waiting requests
-    ce_batch_size: int = Field(32, ge=1)
+    ce_batch_size: int = Field(16, ge=1)
     #: requests waiting for the cross-encoder at once; beyond it a request is served from the first phase
     ce_max_jobs: int = Field(32, ge=1)
     #: seconds between registry checks of the model alias (0: never reload)

@@ -52,6 +52,7 @@ class LoadedModel:
     info: dict[str, Any] = field(default_factory=dict)
     manifest: dict[str, Any] | None = None
     tracking_uri: str | None = None
+    cold_route: Any = None  # ltr.cold_route.ColdRoute: how fully cold queries are scored (None: by the trees)
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest or {}
@@ -61,7 +62,8 @@ class LoadedModel:
                 "cross_encoder": str(self.cross_encoder) if self.cross_encoder else None,
                 "cross_encoder_version": ce.get("version"), "cross_encoder_choice": ce.get("choice"),
                 "self_contained": self.manifest is not None, "feature_service": m.get("feature_service"),
-                "label_transform": m.get("label_transform"), "data_fingerprints": m.get("data_fingerprints")}
+                "label_transform": m.get("label_transform"), "data_fingerprints": m.get("data_fingerprints"),
+                "cold_route": (m.get("cold_route") or {}).get("choice")}
 
 
 def ensure_tracking_uri(tracking_uri: str | None = None) -> str:
@@ -228,6 +230,25 @@ def check_bi_encoder(lm: LoadedModel, bi_encoder: Any) -> None:
                            "to that encoder.")
 
 
+def _load_cold_route(lm: LoadedModel) -> Any:
+    """The cold route the manifest records, with its content model from the same store (None: none recorded)."""
+    rec = (lm.manifest or {}).get("cold_route")
+    if not rec:
+        return None
+    from ltr.cold_route import ColdRoute
+    from ltr.tracking import TrackingError, load_model
+
+    if list(rec.get("features") or []) != lm.features:
+        raise ServingError(f"model {lm.uri}: its cold route was fitted for another feature list. Fix: re-register "
+                           "the model (ltr run does it).")
+    try:
+        content = load_model(rec["content_model_uri"]) if rec.get("content_model_uri") else None
+    except TrackingError as e:
+        raise ServingError(f"model {lm.uri}: its cold route's content model cannot be loaded ({e}). Fix: check "
+                           "that the run's models are in the tracking store, or re-register the model.") from None
+    return ColdRoute.from_record(rec, content)
+
+
 def load_ranker(model_uri: str, cross_encoder: str | Path | None = None,
                 tracking_uri: str | None = None) -> LoadedModel:
     """Load `model_uri` (e.g. 'models:/NAME@champion') with its version, run, manifest and cross-encoder dir."""
@@ -253,4 +274,5 @@ def load_ranker(model_uri: str, cross_encoder: str | Path | None = None,
     lm.manifest = read_manifest(lm.run_id)
     _check_manifest(lm, explicit_ce=cross_encoder is not None)
     lm.cross_encoder = _resolve_cross_encoder(lm, cross_encoder)
+    lm.cold_route = _load_cold_route(lm)
     return lm

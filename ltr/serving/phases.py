@@ -11,6 +11,11 @@ Why one model and not a separate first-phase model: every registered champion ca
 is, and a first phase that is the same model without one feature orders candidates the way the final phase
 would have, minus that feature. The response says how many pairs the cross-encoder was asked for and how
 many it scored in time; `bench/bench_serving.py` measures the NDCG cost against scoring every pair.
+
+A request none of whose candidates has any engagement in the online store is ranked by the model's cold
+route instead of the trees (`ltr.cold_route`, chosen at training time), through the same phases: the route
+scores the first phase (the trees' order breaks its ties and picks what the cross-encoder sees), the
+cross-encoder runs only if the route's scorer uses `ce_score`, and the response names the route.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ class Ranked:
     store_error: str | None
     ce_wanted: int         # pairs sent to the second phase
     ce_scored: int         # of those, pairs with a cross-encoder score in time (cached ones included)
+    cold_route: str | None = None  # the cold scorer that ranked this request (no engagement at all), else None
 
 
 def _second_phase(live: LiveModel, query: str, docs: np.ndarray, top: np.ndarray, stored: np.ndarray,
@@ -59,28 +65,34 @@ def rank(live: LiveModel, query: str, ids: list[str], docs: np.ndarray, rerank_k
         stored = X[:, live.ce_col].copy()
         X[:, live.ce_col] = np.nan  # the first phase sees every candidate the same way
     s1 = ranker.predict_matrix(X)
+    route = live.cold_route(X)  # no engagement anywhere: the model's cold scorer ranks, the trees break ties
+    scorer = ranker if route is None else route
+    first = s1 if route is None else route.predict_matrix(X)
     phase = np.ones(len(ids), np.int8)
     wanted = scored = 0
-    scores = s1
-    if live.ce_col is not None and rerank_k > 0:
-        top = np.lexsort((np.asarray(ids), -s1))[:rerank_k]
+    scores = first
+    if live.ce_col is not None and rerank_k > 0 and (route is None or route.uses(CE_FEATURE)):
+        top = np.lexsort((np.asarray(ids), -s1, -first))[:rerank_k]
         ce = _second_phase(live, query, docs, top, stored[top], started + deadline_s)
         X[top, live.ce_col] = ce
         hit = top[np.isfinite(ce)]
         wanted, scored = len(top), len(hit)
         if len(hit):
-            scores = s1.copy()
-            scores[hit] = ranker.predict_matrix(X[hit])
+            scores = first.copy()
+            scores[hit] = scorer.predict_matrix(X[hit])
             phase[hit] = 2
-    order = np.lexsort((np.asarray(ids), -scores, -phase))  # phase 2 first; ties by id, stable on replicas
+    ties = (np.asarray(ids),) if route is None else (np.asarray(ids), -s1)
+    order = np.lexsort((*ties, -scores, -phase))  # phase 2 first; ties by id, stable on replicas
     return Ranked(order=order, scores=scores, phase=phase, X=X, store=info["store"],
-                  store_error=info.get("store_error"), ce_wanted=wanted, ce_scored=scored)
+                  store_error=info.get("store_error"), ce_wanted=wanted, ce_scored=scored,
+                  cold_route=None if route is None else route.scorer_.name)
 
 
 def rank_full(live: LiveModel, query: str, ids: list[str], docs: np.ndarray) -> np.ndarray:
     """Reference for the benchmark: every pair scored with the cross-encoder, no deadline."""
     X, _ = live.assembler.matrix(query, ids, docs)
-    return live.model.ranker.predict_matrix(X)
+    route = live.cold_route(X)
+    return (live.model.ranker if route is None else route).predict_matrix(X)
 
 
 __all__ = ["CE_FEATURE", "Ranked", "rank", "rank_full"]

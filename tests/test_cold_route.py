@@ -1,0 +1,201 @@
+"""The cold route (ltr/cold_route.py): chosen on the training queries only, applied only to queries with no
+engagement at all, carried by the registered model, and used by `ltr evaluate` and the service."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ltr.cold_route import ColdRoute, cold_queries, routed_scores, zscore_by_query
+from ltr.data import metrics as M
+from ltr.train import fit_ranker
+from ltr.train_config import TrainConfig
+
+MODEL = {"n_estimators": 30, "early_stopping_rounds": None, "max_depth": 3, "n_jobs": 1}
+GRADE_LABELS = {"content_source": "grade", "blend_weight": 1.0}  # no engagement counts needed
+
+
+def two_feature_shop(n_queries: int = 60, per_query: int = 12, seed: int = 0) -> pd.DataFrame:
+    """Queries q000-q039 where `bienc_cos` knows the grade and `lex_bm25_title` is noise, q040-q059 the
+    other way round: a route chosen on the second group would be the opposite of one chosen on the first."""
+    rng = np.random.default_rng(seed)
+    n = n_queries * per_query
+    qid = np.repeat([f"q{i:03d}" for i in range(n_queries)], per_query)
+    grade = rng.choice(4, size=n, p=[0.4, 0.2, 0.2, 0.2]).astype(float)
+    first = np.char.less(qid.astype(str), "q040")
+    signal, noise = grade / 3 + rng.normal(0, 0.2, n), rng.normal(0, 1, n)
+    return pd.DataFrame({"query_id": qid, "product_id": [f"p{i:05d}" for i in range(n)],
+                         "bienc_cos": np.where(first, signal, noise), "lex_bm25_title": np.where(first, noise, signal),
+                         "eng_qp_ctr_28d": grade / 3 + rng.normal(0, 0.05, n), "grade": grade})
+
+
+def _ndcg(frame: pd.DataFrame, scores) -> float:
+    return float(M.per_query_metrics(frame, np.asarray(scores), k=10, metrics=())["ndcg@10"].mean())
+
+
+def test_the_route_is_chosen_on_the_training_queries_only():
+    f = two_feature_shop()
+    train, test = f[f["query_id"] < "q040"].reset_index(drop=True), f[f["query_id"] >= "q040"].reset_index(drop=True)
+    cfg = TrainConfig(model=MODEL, target=GRADE_LABELS)
+    feats = ["bienc_cos", "lex_bm25_title", "eng_qp_ctr_28d"]
+    route = ColdRoute(candidates=("feature",)).fit(train, cfg, feats)
+    assert route.scorer_.name == "feature:bienc_cos"
+    assert route.validation_["n_queries"] == 40 and route.validation_["choice"] == "feature:bienc_cos"
+    # on the held-out queries the other feature is far better: a choice that had seen them would differ
+    assert _ndcg(test, test["lex_bm25_title"]) > _ndcg(test, test["bienc_cos"]) + 0.2
+    assert ColdRoute(candidates=("feature",)).fit(test, cfg, feats).scorer_.name == "feature:lex_bm25_title"
+
+
+def test_every_candidate_is_scored_on_queries_its_models_never_saw():
+    f = two_feature_shop(40)
+    cfg = TrainConfig(model=MODEL, target=GRADE_LABELS)
+    route = ColdRoute(n_folds=4).fit(f, cfg, ["bienc_cos", "lex_bm25_title", "eng_qp_ctr_28d"])
+    v = route.validation_
+    assert v["n_folds"] == 4 and v["n_queries"] == 40
+    assert set(v["scores"]) == {"champion", "content_only", "feature", "blend"} and set(v["vs_trees"]) == {
+        "content_only", "feature", "blend"}
+    assert {"feature:bienc_cos", "feature:lex_bm25_title", "blend:bienc_cos@0.25", "blend:lex_bm25_title@4"} <= set(
+        v["candidates"])
+    chosen = route.scorer_.kind
+    assert chosen == "champion" or v["vs_trees"][chosen]["gain"] > v["vs_trees"][chosen]["se"]
+
+
+def test_a_setting_that_was_lucky_on_one_fold_is_not_rewarded():
+    """Nested selection: each fold is scored by the setting that won the other folds."""
+    from ltr.cold_route import _clears_the_trees, _nested
+
+    per = pd.DataFrame({"a": [1.0, 1.0, 0.0, 0.0], "b": [0.0, 0.0, 1.0, 1.0]}, index=["q1", "q2", "q3", "q4"])
+    fold = pd.Series([0, 0, 1, 1], index=per.index)
+    assert per.max(axis=1).mean() == 1.0 and per.mean().max() == 0.5 and _nested(per, fold).mean() == 0.0
+    trees = pd.Series([0.5, 0.5, 0.5, 0.5], index=per.index)
+    assert not _clears_the_trees(pd.Series([0.6, 0.4, 0.7, 0.45], index=per.index), trees)[0]  # noise
+    assert _clears_the_trees(pd.Series([0.6, 0.62, 0.58, 0.61], index=per.index), trees)[0]
+
+
+def test_only_fully_cold_queries_are_routed():
+    f = two_feature_shop(6, 5)
+    f.loc[f["query_id"] == "q000", "eng_qp_ctr_28d"] = np.nan                      # cold
+    f.loc[(f["query_id"] == "q001") & (f.index % 2 == 0), "eng_qp_ctr_28d"] = np.nan  # partly logged: warm
+    feats = ["bienc_cos", "lex_bm25_title", "eng_qp_ctr_28d"]
+    assert cold_queries(f, feats, f["query_id"]).tolist() == (f["query_id"] == "q000").tolist()
+    cfg = TrainConfig(model=MODEL, target=GRADE_LABELS)
+    trees = fit_ranker(f.fillna({"eng_qp_ctr_28d": 0.0}), cfg, feats)
+    route = ColdRoute.from_record({"kind": "feature", "feature": "bienc_cos", "features": feats})
+    scores, routed = routed_scores(trees, route, f, f["query_id"].to_numpy())
+    cold = f["query_id"] == "q000"
+    assert routed.tolist() == cold.tolist()
+    assert np.allclose(scores[~cold], trees.predict(f[~cold], missing="nan"))
+    assert np.allclose(scores[cold], zscore_by_query(f.loc[cold, "bienc_cos"], f.loc[cold, "query_id"]))
+    champion = ColdRoute.from_record({"kind": "champion", "features": feats})
+    assert np.allclose(routed_scores(trees, champion, f, f["query_id"])[0], trees.predict(f, missing="nan"))
+
+
+def test_zscore_keeps_the_order_and_puts_missing_values_last():
+    z = zscore_by_query([3.0, np.nan, 1.0, 2.0, 5.0, 5.0], ["a", "a", "a", "a", "b", "b"])
+    assert z[0] > z[3] > z[2] > z[1] and z[4] == z[5] == 0.0
+
+
+# --- the registered model: evaluate and the service use its route ----------------------------------------
+
+ENG = ["eng_qp_ctr_7d", "eng_qp_impr_28d"]  # query-pair engagement only: a new query has none at all
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    from features.build import build_features
+    from features.config import FeaturesConfig
+    from features.lexical import LEXICAL_FEATURES
+    from features.ondemand import OnDemandFeatures
+    from features.store import LtrStore
+    from ltr import tracking as T
+    from ltr.data.dataset import Dataset
+    from ltr.serving.demo import demo_dataset
+
+    root = tmp_path_factory.mktemp("cold_route")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LTR_MODEL_CACHE", str(root / "model-cache"))
+    ds_dir = demo_dataset(root / "ds", seed=0)
+    feat = root / "features"
+    build_features(ds_dir, feat, FeaturesConfig(families=["lexical", "product", "engagement"]), progress=False)
+    store = LtrStore(feat).apply()
+    store.bulk_materialize(progress=False)
+    ds = Dataset.load(ds_dir)
+    j = ds.judgments.sort_values(["query_id", "product_id"]).reset_index(drop=True)
+    feats = list(LEXICAL_FEATURES) + ENG
+    X = OnDemandFeatures(ds.products).compute(j[["query", "product_id"]], feats)
+    eng = pd.concat([store.get_online_features(q, list(g["product_id"])).set_index(g.index)
+                     for q, g in j.groupby("query_id")]).loc[j.index, ENG]
+    frame = pd.concat([j[["query_id", "product_id", "grade"]], X[list(LEXICAL_FEATURES)], eng], axis=1)
+    cfg = TrainConfig(model=MODEL, target=GRADE_LABELS, features=feats)
+    trees = fit_ranker(frame, cfg, feats)
+    route = ColdRoute(n_folds=3, candidates=("blend",)).fit(frame, cfg, feats)
+    unseen = demo_dataset(root / "unseen", n_queries=8, seed=1, impressions=False)
+    with T.using_tracking(f"sqlite:///{root}/mlflow.db", "cold-route-test", (root / "artifacts").as_uri()):
+        import mlflow
+        with mlflow.start_run(run_name="cold-route"):
+            info = T.log_ranker(trees, frame[feats])
+            T.log_serving_parts(trees, cfg.target, T.ServingParts(bi_encoder=None, cold_route=route))
+        T.register_model(info.model_uri, "ltr-cold-route-test")
+        yield {"root": root, "ds": ds, "feat": feat, "frame": frame, "feats": feats, "trees": trees, "route": route,
+               "uri": "models:/ltr-cold-route-test@champion", "unseen": unseen}
+    mp.undo()
+
+
+def test_the_registered_model_carries_its_route(shop):
+    from ltr.serving.model import load_ranker
+
+    lm = load_ranker(shop["uri"])
+    route, frame = shop["route"], shop["frame"]
+    assert lm.cold_route.scorer_ == route.scorer_ and lm.describe()["cold_route"] == route.scorer_.name
+    assert lm.manifest["cold_route"]["validation"] == route.validation_
+    assert np.allclose(lm.cold_route.predict(frame, frame["query_id"]), route.predict(frame, frame["query_id"]))
+
+
+def test_evaluate_scores_cold_queries_through_the_route(shop, monkeypatch):
+    from features.ondemand import OnDemandFeatures
+    from ltr import evaluate as E
+    from ltr.data.dataset import Dataset
+
+    seen, per_query = {}, E._per_query
+
+    def spy(j, scores, k):                                         # the scores evaluate ranks by
+        seen["scores"] = scores
+        return per_query(j, scores, k)
+
+    monkeypatch.setattr(E, "_per_query", spy)
+    r = E.evaluate_dataset(shop["unseen"], shop["uri"], None, bi_encoder=None, progress=False)
+    ds = Dataset.load(shop["unseen"])
+    j = ds.judgments.sort_values(["query_id", "product_id"], kind="stable").reset_index(drop=True)
+    assert r["cold_route"] == {"choice": shop["route"].scorer_.name, "queries_routed": j["query_id"].nunique()}
+    X = OnDemandFeatures(ds.products).compute(j[["query", "product_id"]], shop["feats"]).reindex(columns=shop["feats"])
+    routed = shop["route"].predict(X, j["query_id"].to_numpy())
+    assert np.allclose(seen["scores"], routed)
+    assert not np.allclose(seen["scores"], shop["trees"].predict(X, missing="nan"))   # not the trees' scores
+
+
+def test_the_service_routes_a_request_without_engagement(shop):
+    from fastapi.testclient import TestClient
+
+    from ltr.serving.app import create_app
+
+    app = create_app(shop["uri"], shop["feat"], products=None, bi_encoder=None, warm=False)
+    route, trees, frame, feats = shop["route"], shop["trees"], shop["frame"], shop["feats"]
+    with TestClient(app) as client:
+        pids = list(shop["ds"].products["product_id"][:15])
+        cold = client.post("/v1/rank", json={"query": "green running shoes 24 oz", "product_ids": pids}).json()
+        q = shop["ds"].judgments.sort_values("query_id")["query"].iloc[0]
+        rows = frame[frame["query_id"] == frame["query_id"].iloc[0]]
+        warm = client.post("/v1/rank", json={"query": q, "product_ids": list(rows["product_id"])}).json()
+    assert cold["cold_route"] == route.scorer_.name and warm["cold_route"] is None
+    X = app.state.service.live.assembler.matrix("green running shoes 24 oz", pids,
+                                                app.state.service.live.ondemand.positions(pids))[0]
+    assert np.isnan(X[:, [feats.index(f) for f in ENG]]).all()
+    assert np.allclose([x["score"] for x in sorted(cold["results"], key=lambda x: pids.index(x["product_id"]))],
+                       route.predict_matrix(X))
+    want = trees.predict(rows[feats], missing="nan")
+    got = {x["product_id"]: x["score"] for x in warm["results"]}
+    assert np.allclose([got[p] for p in rows["product_id"]], want, rtol=1e-5, atol=1e-6)
