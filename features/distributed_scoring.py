@@ -115,17 +115,27 @@ def score_dask(pairs, products: pd.DataFrame, queries: pd.DataFrame, kind: Kind,
 def score_distributed(pairs: pd.DataFrame, products: pd.DataFrame, queries: pd.DataFrame, kind: Kind,
                       path: str | Path | None = None, client: Any = None, npartitions: int | None = None,
                       max_length: int | None = None, batch_size: int = 64) -> pd.DataFrame:
-    """`score_dask` computed: the feature table of `pairs`, in their order, every row present."""
+    """`score_dask` computed: the feature table of `pairs`, in their order, every row present.
+
+    A worker that dies can take a finished result with it and the scheduler may then cancel the gather
+    (`FutureCancelledError`, "already forgotten") instead of recomputing it; scoring is pure, so the graph
+    is run once more before the failure is reported."""
     from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
     from distributed.comm import CommClosedError
 
-    lazy = score_dask(pairs, products, queries, kind, path, client, npartitions, max_length, batch_size)
-    try:
-        out = lazy.compute().reset_index(drop=True)
-    except (KilledWorker, CommClosedError) as e:  # a partition killed every worker it ran on
-        raise ScoringError(f"distributed {kind} scoring of {len(pairs)} pairs failed: workers died "
-                           f"({type(e).__name__}: {str(e)[:300]}). Fix: give the workers more memory "
-                           "(compute.memory_limit) or use more, smaller partitions (npartitions), then re-run.") from e
+    lost = (KilledWorker, CommClosedError, FutureCancelledError)
+    for attempt in (1, 2):
+        lazy = score_dask(pairs, products, queries, kind, path, client, npartitions, max_length, batch_size)
+        try:
+            out = lazy.compute().reset_index(drop=True)
+            break
+        except lost as e:  # a partition killed every worker it ran on, or a lost result was not recomputed
+            if attempt == 2:
+                raise ScoringError(f"distributed {kind} scoring of {len(pairs)} pairs failed: workers died "
+                                   f"({type(e).__name__}: {str(e)[:300]}). Fix: give the workers more memory "
+                                   "(compute.memory_limit) or use more, smaller partitions (npartitions), then "
+                                   "re-run.") from e
     check_complete(pairs, out)
     return out
 

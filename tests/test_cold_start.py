@@ -93,8 +93,9 @@ def test_masked_training_lifts_cold_queries_and_keeps_warm():
 
 def test_the_registered_model_ranks_cold_queries_no_worse_than_the_content_only_model():
     """Issue 16, item 4: the model as registered (trees + cold route chosen on the training queries) ranks the
-    held-out queries, engagement absent, at least as well as the content-only model on the same queries.
-    The trees alone fall short of that here; the route, cross-validated on the training queries, closes it."""
+    held-out queries, engagement absent, at least as well as the content-only model on the same queries, with
+    no tolerance. On this shop the route keeps the trees (cross-validation finds nothing clearly better) and
+    they clear the floor narrowly; a change that costs cold queries ranking quality fails here."""
     train, test = _split(shop())
     cfg = TrainConfig(model=MODEL, cold_query_share=0.5, cold_product_share=0.1)
     content_only = content_only_config(cfg)
