@@ -21,22 +21,18 @@ import torch
 from fastapi.testclient import TestClient
 
 from features import biencoder, crossencoder
-from features.build import build_features
-from features.config import FeaturesConfig
 from features.lexical import LEXICAL_FEATURES, lexical_features
 from features.ondemand import ONDEMAND_FEATURES, LRUCache, OnDemandFeatures
 from features.product import PRODUCT_FEATURES, product_features
 from features.store import LtrStore
 from ltr import tracking as T
-from ltr.data.dataset import Dataset
 from ltr.data.schemas import query_id
 from ltr.serving.app import create_app
-from ltr.serving.demo import demo_dataset, save_encoder, train_and_register
 from ltr.serving.model import ServingError, check_bi_encoder, load_ranker
 from ltr.serving.served_log import read_served_log
+from tests.fixtures.serving_world import ENG, build_world
 
 torch.set_num_threads(2)
-ENG = ["eng_qp_ctr_7d", "eng_qp_impr_28d", "eng_p_ctr_28d"]
 FEATURES = list(ONDEMAND_FEATURES) + ENG
 MAX = 40
 # every candidate through the cross-encoder, no deadline to miss on a busy machine: rankings equal the model's
@@ -49,25 +45,11 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     mp = pytest.MonkeyPatch()
     mp.setenv("LTR_MODEL_CACHE", str(root / "model-cache"))    # downloaded model parts stay in the test's dir
-    ds_dir = demo_dataset(root / "ds", seed=0)
-    ce = save_encoder(root / "ce")
-    feat = root / "features"
-    build_features(ds_dir, feat, FeaturesConfig(families=["lexical", "product", "engagement"]), progress=False)
-    store = LtrStore(feat).apply()
-    store.bulk_materialize(progress=False)
-    ds = Dataset.load(ds_dir)
-    j = ds.judgments
-    od = OnDemandFeatures(ds.products, ce, ce)
-    X = od.compute(j[["query", "product_id"]])[list(ONDEMAND_FEATURES)]
-    eng = pd.concat([store.get_online_features(q, list(g["product_id"])).set_index(g.index)
-                     for q, g in j.groupby("query_id")]).loc[j.index, ENG]
-    X = pd.concat([X, eng.reset_index(drop=True)], axis=1)
-    with T.using_tracking(f"sqlite:///{root}/mlflow.db", "serving-test", (root / "artifacts").as_uri()):
-        uri = train_and_register(X, j["grade"], j["query_id"], "ltr-serving-test", cross_encoder=ce)
-        app = create_app(uri, feat, products=None, bi_encoder=ce, log_dir=root / "logs", max_candidates=MAX,
-                         serving=EXACT)
-        yield {"root": root, "ds": ds, "ce": ce, "feat": feat, "uri": uri, "app": app, "store": store, "X": X,
-               "j": j}
+    w = build_world(root, "ltr-serving-test")                  # champion: v1
+    with T.using_tracking(w["tracking"], "serving-test", (root / "artifacts").as_uri()):
+        app = create_app(w["uri"], w["feat"], products=None, bi_encoder=w["ce"], log_dir=root / "logs",
+                         max_candidates=MAX, serving=EXACT)
+        yield {**w, "app": app}
     mp.undo()
 
 

@@ -7,10 +7,10 @@ version and the crash-safe write must agree on both sides.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from ltr.data.atomic import atomic_dir
 
 from .base_model import _is_segment
 
@@ -25,23 +25,12 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 def _atomic_save(model, tokenizer, meta: dict[str, Any], out_dir: Path) -> None:
     """Write to a sibling temp dir, then swap it in: a crash never leaves a half-written model."""
-    out_dir = out_dir.resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    if _is_segment(model):  # copies crossencoder_modeling.py + auto_map: loadable with trust_remote_code
-        model.register_for_auto_class("AutoModelForSequenceClassification")
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out_dir) as tmp:
+        if _is_segment(model):  # copies crossencoder_modeling.py + auto_map: loadable with trust_remote_code
+            model.register_for_auto_class("AutoModelForSequenceClassification")
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
 
 
 __all__ = ["FORMAT_VERSION", "META_FILE"]

@@ -10,10 +10,11 @@ tells a fine-tuned tower from its base. Writes are crash-safe: a temp dir swappe
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+from ltr.data.atomic import atomic_dir
 
 META_FILE = "ltr_two_tower.json"
 FORMAT_VERSION = 1
@@ -47,23 +48,12 @@ def _sentence_transformers_files(base: Path, tmp: Path, max_length: int) -> None
 
 def save_two_tower(model, tokenizer, meta: dict[str, Any], base: Path, out_dir: Path) -> None:
     """Write the tower to a sibling temp dir, then swap it in: a crash never leaves a half-written model."""
-    out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.config.ltr_two_tower_version = meta["version"]
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    _sentence_transformers_files(Path(base), tmp, meta["config"]["max_length"])
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out_dir) as tmp:
+        model.config.ltr_two_tower_version = meta["version"]
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        _sentence_transformers_files(Path(base), tmp, meta["config"]["max_length"])
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def load_two_tower(path: str | Path, max_length: int | None = None, num_threads: int | None = None):
