@@ -204,8 +204,8 @@ def _copies(world, k: int):
 
 @pytest.mark.timeout(240)
 def test_a_worker_killed_mid_scoring_ends_in_the_complete_result(client, world, tmp_path):
-    pairs, products, queries = _copies(world, 2)
-    with kill_mid_task(client, "score_partition", tmp_path / "killed") as flag:
+    pairs, products, queries = _copies(world, 8)  # enough per partition that a quiet machine is still scoring
+    with kill_mid_task(client, "score_partition", tmp_path / "killed", delay_s=0.0) as flag:
         out = score_distributed(pairs, products, queries, "bienc", client=client, npartitions=4)
     assert flag.read_text() == "mid-task"  # a worker died while it scored a partition
     assert len(out) == len(pairs)  # score_distributed also checks every (query_id, product_id) row, in order
