@@ -14,7 +14,7 @@ from pathlib import Path
 
 BENCHES = ["bench_world", "bench_train", "bench_feast", "bench_crossencoder", "bench_labeler",
            "bench_serving", "bench_grader", "bench_ce_quality", "bench_ce_transfer", "bench_dask", "bench_encoders",
-           "bench_retrieval", "bench_twotower",
+           "bench_retrieval", "bench_twotower", "bench_cold_route",
            "bench_scale"]
 
 

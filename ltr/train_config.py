@@ -91,11 +91,12 @@ class TrainConfig(StrictConfig):
                                     "cold NDCG@10; see README, cold queries)")
     cold_product_share: float = Field(0.0, ge=0, lt=1, description="share of products whose engagement "
                                       "features are masked in training, as for products without history")
-    cold_route: Literal["auto", "off"] = Field("auto", description="auto: the registered model carries a "
-                                               "scorer for queries whose candidates have no engagement at all, "
-                                               "chosen by cross-validation on the training queries "
-                                               "(ltr.cold_route; it may choose the trees themselves); off: the "
-                                               "trees score every query")
+    cold_route: Literal["auto", "zero_shot", "off"] = Field(
+        "auto", description="auto: the registered model carries a scorer for queries whose candidates have no "
+        "engagement at all, chosen by cross-validation on the training queries (ltr.cold_route), where the trees "
+        "keep them unless another scorer beats them beyond noise; zero_shot: the same, with the zero-shot "
+        "bi-encoder as the scorer to beat (README, cold queries: better on average on the ESCI sample, worse "
+        "on a synthetic shop); off: the trees score every query")
 
     @field_validator("engagement_metric")
     @classmethod

@@ -56,24 +56,69 @@ def test_every_candidate_is_scored_on_queries_its_models_never_saw():
     route = ColdRoute(n_folds=4).fit(f, cfg, ["bienc_cos", "lex_bm25_title", "eng_qp_ctr_28d"])
     v = route.validation_
     assert v["n_folds"] == 4 and v["n_queries"] == 40
-    assert set(v["scores"]) == {"champion", "content_only", "feature", "blend"} and set(v["vs_trees"]) == {
-        "content_only", "feature", "blend"}
+    assert set(v["scores"]) == set(v["vs_status_quo"]) == {"champion", "content_only", "feature", "blend"}
     assert {"feature:bienc_cos", "feature:lex_bm25_title", "blend:bienc_cos@0.25", "blend:lex_bm25_title@4"} <= set(
         v["candidates"])
+    assert v["status_quo"] == "champion"    # the trees, by default
     chosen = route.scorer_.kind
-    assert chosen == "champion" or v["vs_trees"][chosen]["gain"] > v["vs_trees"][chosen]["se"]
+    margin = v["vs_status_quo"][chosen]
+    assert chosen == "champion" or margin["gap"] > margin["se"]
+
+
+def test_a_zero_shot_status_quo_keeps_cold_queries_unless_beaten_on_evidence():
+    """Two thirds of the queries' bi-encoder knows the grade, the rest's title BM25 does; the trees learn both, so
+    they beat the bi-encoder alone on evidence and keep cold queries (no route). Where the bi-encoder is good
+    everywhere and nothing else is, it stays. With the trees as the status quo (the default) they are compared
+    with nothing."""
+    f = two_feature_shop()
+    cfg = TrainConfig(model=MODEL, target=GRADE_LABELS, cold_query_share=0.5)  # the trees learn a content path
+    feats = ["bienc_cos", "lex_bm25_title", "eng_qp_ctr_28d"]
+    route = ColdRoute(n_folds=4, candidates=("champion", "feature"), status_quo="zero_shot").fit(f, cfg, feats)
+    v = route.validation_
+    assert v["status_quo"] == "feature:bienc_cos" and v["vs_status_quo"]["champion"]["gap"] > v["vs_status_quo"][
+        "champion"]["se"]
+    assert route.scorer_.name == "champion" and not route.active
+    rng = np.random.default_rng(1)
+    good = f.assign(bienc_cos=f["grade"] / 3 + rng.normal(0, 0.2, len(f)), lex_bm25_title=rng.normal(0, 1, len(f)))
+    route = ColdRoute(n_folds=4, candidates=("champion", "feature"), status_quo="zero_shot").fit(good, cfg, feats)
+    assert route.scorer_.name == "feature:bienc_cos" and route.validation_["best_mean_kind"] is None
+    trees_first = ColdRoute(n_folds=4).fit(good, cfg, feats, scored=route.scored_)
+    assert trees_first.validation_["status_quo"] == "champion"
+    assert trees_first.validation_["vs_status_quo"]["champion"] == {"gap": 0.0, "se": 0.0}
+    with pytest.raises(ValueError, match="status_quo"):
+        ColdRoute(status_quo="bm25")
 
 
 def test_a_setting_that_was_lucky_on_one_fold_is_not_rewarded():
     """Nested selection: each fold is scored by the setting that won the other folds."""
-    from ltr.cold_route import _clears_the_trees, _nested
+    from ltr.cold_route import _nested, _paired_gap
 
     per = pd.DataFrame({"a": [1.0, 1.0, 0.0, 0.0], "b": [0.0, 0.0, 1.0, 1.0]}, index=["q1", "q2", "q3", "q4"])
     fold = pd.Series([0, 0, 1, 1], index=per.index)
     assert per.max(axis=1).mean() == 1.0 and per.mean().max() == 0.5 and _nested(per, fold).mean() == 0.0
     trees = pd.Series([0.5, 0.5, 0.5, 0.5], index=per.index)
-    assert not _clears_the_trees(pd.Series([0.6, 0.4, 0.7, 0.45], index=per.index), trees)[0]  # noise
-    assert _clears_the_trees(pd.Series([0.6, 0.62, 0.58, 0.61], index=per.index), trees)[0]
+    noise = _paired_gap(pd.Series([0.6, 0.4, 0.7, 0.45], index=per.index), trees)
+    evidence = _paired_gap(pd.Series([0.6, 0.62, 0.58, 0.61], index=per.index), trees)
+    assert noise["gap"] <= noise["se"] and evidence["gap"] > evidence["se"]
+
+
+def test_the_simplest_route_within_one_standard_error_of_the_best_is_taken():
+    """A blend a little ahead of one feature alone, within the noise, loses to the feature; far ahead, wins."""
+    from ltr.cold_route import _choose_kind
+
+    rng = np.random.default_rng(0)
+    idx = [f"q{i}" for i in range(40)]
+    trees = pd.Series(0.5, index=idx)
+    feature = pd.Series(0.7 + rng.normal(0, 0.1, 40), index=idx)
+    swing = np.tile([1.0, -1.0], 20)
+    near = feature + 0.01 + 0.1 * swing  # ahead by 0.01 on average, SE of the gap 0.016
+    nested = {"champion": trees, "feature": feature, "content_only": trees - 0.1, "blend": near}
+    kind, best, gaps = _choose_kind(nested, ["feature", "blend"], "one_se")
+    assert best == "blend" and kind == "feature" and 0 < gaps["feature"]["gap"] <= gaps["feature"]["se"]
+    far = feature + 0.1 + 0.01 * swing  # ahead by 0.1, SE 0.0016
+    assert _choose_kind(nested | {"blend": far}, ["feature", "blend"], "one_se")[:2] == ("blend", "blend")
+    assert _choose_kind(nested, ["feature", "blend"], "best_mean")[:2] == ("blend", "blend")
+    assert _choose_kind(nested, [])[0] is None  # nothing beat the status quo: it keeps cold queries
 
 
 def test_only_fully_cold_queries_are_routed():
