@@ -6,17 +6,21 @@ Setup (all real, built once under --work and reused): the shared ESCI sample as 
 engagement (word overlap, `ltr.sim.sessions`); its queries split 2/3 train, 1/3 held out; a MiniLM cross-
 encoder fine-tuned on the train queries' grades (64 tokens, 1 epoch); Feast features (lexical, product,
 engagement) materialized into the SQLite online store; every catalog product embedded with the bi-encoder
-into an embedding cache, as `ltr features build` leaves it; an XGBoost LambdaMART on lexical + product +
-bienc_cos + ce_score + engagement trained on the train queries and registered as champion.
+into an embedding cache, as `ltr features build` leaves it; the cross-encoder's ONNX int8 export, as
+registration leaves it; an XGBoost LambdaMART on lexical + product + bienc_cos + ce_score + engagement
+trained on the train queries and registered as champion.
 
-Measured, the server started in a subprocess (`ltr.serving.server.serve`, defaults: rerank_k 30, cross-
-encoder deadline 80 ms), 100 candidates per request (the query's judged products, then random catalog ones):
+Measured, the server started in a subprocess (`ltr.serving.server.serve`, ServingConfig's defaults unless
+--set / --ce-backend say otherwise), 100 candidates per request (the query's judged products, then random
+catalog ones):
   startup        process start -> /health answers (imports, model, store, catalog embeddings loaded)
-  new_query      each held-out query once, never seen before (cross-encoder cache cold)
+  new_query      each held-out query once, never seen before (cross-encoder cache cold), then each training
+                 query once (also never sent before): latency over all of them (94 on the ESCI sample)
   warm           the same requests again
   concurrency8   8 clients sending warm requests for --seconds: requests/s, p50, p99
   quality        NDCG@10 (ESCI gains) on the held-out queries of the phased rankings served in `new_query`
-                 against every pair scored by the cross-encoder without deadline (same model, in-process)
+                 against every pair scored by the fp32 (torch) cross-encoder without deadline (same model,
+                 in-process), and the curve over rerank_k of the phases without deadline (fp32)
   soak           --soak N requests (2 clients) cycling over 500 distinct requests: errors, server RSS per
                  window after warm-up, p99 per window
 --baseline-rev REV runs startup / new_query / warm / concurrency8 with the service code of git revision REV
@@ -71,6 +75,7 @@ def prepare(work: Path, esci: Path, seed: int = 0) -> dict:
     from features.build import build_features
     from features.config import FeaturesConfig
     from features.crossencoder import CrossEncoderConfig, fine_tune_cross_encoder
+    from features.crossencoder.onnx_export import build_int8
     from features.ondemand import ONDEMAND_FEATURES, OnDemandFeatures
     from features.store import LtrStore
     from ltr import tracking as T
@@ -92,6 +97,7 @@ def prepare(work: Path, esci: Path, seed: int = 0) -> dict:
     train = ds.judgments[~ds.judgments["query_id"].isin(test_q)].reset_index(drop=True)
     pairs = train[["query_id", "product_id"]].assign(score=train["grade"] / 3.0)
     fine_tune_cross_encoder(pairs, ds.products, ds.queries, ce, CrossEncoderConfig(epochs=1, max_length=64), seed=seed)
+    build_int8(ce)  # offline, as registration does (ltr.tracking.ServingParts.cross_encoder_int8)
     build_features(ds_dir, feat, FeaturesConfig(families=["lexical", "product", "engagement"]), progress=True)
     store = LtrStore(feat).apply()
     store.bulk_materialize(progress=False)
@@ -194,7 +200,7 @@ def sequential(base: str, reqs: list[dict]) -> tuple[dict, list[dict]]:
             if resp.status_code != 200:
                 raise RuntimeError(f"/v1/rank returned {resp.status_code}: {resp.text[:300]}")
             bodies.append(resp.json())
-    return _pcts(lat), bodies
+    return {**_pcts(lat), "_lat": lat}, bodies
 
 
 def concurrent(base: str, reqs: list[dict], clients: int, seconds: float | None = None,
@@ -252,31 +258,54 @@ def _ndcg(reqs: list[dict], orders: list[list[str]], prep: dict) -> float:
     return float(ndcg_per_query(f["qid"], f["score"], f["grade"], k=10, gains="esci").mean())
 
 
-def full_ce_orders(prep: dict, reqs: list[dict]) -> list[list[str]]:
-    """Every pair through the cross-encoder, no deadline: the reference the phases are measured against."""
+RERANK_CURVE = (0, 5, 8, 10, 12, 15, 20, 30)
+
+
+def full_ce_orders(prep: dict, reqs: list[dict]) -> tuple[list[list[str]], dict[int, list[list[str]]]]:
+    """The reference the phases are measured against: every pair through the fp32 (torch) cross-encoder, no
+    deadline. Then, from the same scores (cached), the rankings with only the first phase's top k re-scored,
+    no deadline, for each k of RERANK_CURVE (k 0: the first phase alone): what `rerank_k` costs in NDCG."""
     from ltr.serving.app import RankRequest, create_app, rank_request
 
     app = create_app(prep["model_uri"], prep["features"], prep["dataset"], tracking_uri=prep["tracking"],
                      embedding_cache=prep["embeddings"],
-                     serving={"rerank_k": 1000, "ce_deadline_ms": 1e9, "reload_poll_s": 0})
+                     serving={"rerank_k": 1000, "ce_deadline_ms": 1e9, "reload_poll_s": 0, "ce_backend": "torch"})
     state = app.state.service
-    try:
+
+    def orders() -> list[list[str]]:
         return [[x.product_id for x in rank_request(state, RankRequest(**_body(r))).results] for r in reqs]
+
+    try:
+        full, curve = orders(), {}
+        for k in RERANK_CURVE:
+            state.cfg = state.cfg.model_copy(update={"rerank_k": k})
+            curve[k] = orders()
+        return full, curve
     finally:
         state.close()
 
 
-def first_phase_orders(prep: dict, reqs: list[dict]) -> list[list[str]]:
-    """No cross-encoder at all (rerank_k 0): what the second phase adds is the distance to this."""
-    from ltr.serving.app import RankRequest, create_app, rank_request
+def _cpu_times() -> list[int]:
+    """/proc/stat's total CPU counters (user nice system idle iowait irq softirq steal ...), or []."""
+    p = Path("/proc/stat")
+    return [int(x) for x in p.read_text().split("\n", 1)[0].split()[1:]] if p.exists() else []
 
-    app = create_app(prep["model_uri"], prep["features"], prep["dataset"], tracking_uri=prep["tracking"],
-                     embedding_cache=prep["embeddings"], serving={"rerank_k": 0, "reload_poll_s": 0})
-    state = app.state.service
-    try:
-        return [[x.product_id for x in rank_request(state, RankRequest(**_body(r))).results] for r in reqs]
-    finally:
-        state.close()
+
+def _steal_share(before: list[int], after: list[int]) -> float | None:
+    """Share of CPU time stolen by the hypervisor between two readings: a noisy neighbour, not our code."""
+    if len(before) < 8 or len(after) < 8:
+        return None
+    d = [b - a for a, b in zip(before, after)]
+    return round(d[7] / max(1, sum(d[:8])), 4)
+
+
+def _cpu() -> dict:
+    """What the cross-encoder's speed depends on: the CPU and its vector extensions (they differ by machine)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    return {"model": name, "cores": os.cpu_count(),
+            "vector": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8"})}
 
 
 def soak(srv: Server, reqs: list[dict], n: int, window: int = 2000) -> dict:
@@ -294,14 +323,20 @@ def soak(srv: Server, reqs: list[dict], n: int, window: int = 2000) -> dict:
 
 
 def measure(prep: dict, work: Path, code_root: Path, kwargs: dict, new_reqs: list[dict], warm_n: int,
-            seconds: float, startup_timeout: float) -> tuple[dict, list[list[str]], Server]:
+            seconds: float, startup_timeout: float, more_new: list[dict] = ()) -> tuple[dict, list[list[str]], Server]:
+    """`new_reqs`: the held-out queries (latency and NDCG); `more_new`: other queries the service has not seen
+    either (the training ones: their engagement is in the store, their cross-encoder pairs are not cached),
+    sent after them for a larger new-query latency sample."""
     srv = Server(prep, work, code_root, kwargs)
     try:
         out = {"startup_s": round(srv.wait_ready(startup_timeout), 1)}
-        out["new_query"], bodies = sequential(srv.base, new_reqs)
+        out["new_query_held_out"], bodies = sequential(srv.base, new_reqs)
+        more, _ = sequential(srv.base, list(more_new)) if more_new else ({}, [])
+        out["new_query"] = _pcts(out["new_query_held_out"].pop("_lat") + more.pop("_lat", []))
         drained = _drain(srv)
         sequential(srv.base, new_reqs)  # warm-up pass, not measured: every top-k pair cached from here on
         out["warm"], warm_bodies = sequential(srv.base, [new_reqs[i % len(new_reqs)] for i in range(warm_n)])
+        out["warm"].pop("_lat")
         out["backlog_drain_s"] = drained
         out["concurrency8"] = concurrent(srv.base, new_reqs, clients=8, seconds=seconds)
         out["ce_scored_of_wanted"] = [sum(b.get("ce_scored", 0) for b in bodies),
@@ -359,20 +394,22 @@ def goals(res: dict) -> dict:
 
 def run(out: Path, work: Path, n_candidates: int = 100, warm_n: int = 200, seconds: float = 20,
         soak_n: int = 20_000, baseline_rev: str | None = None, startup_timeout: float = 1800,
-        serving: dict | None = None, ce_backend: str = "torch") -> dict:
+        serving: dict | None = None) -> dict:
     t0 = time.perf_counter()
     prep = prepare(work, esci_sample_dir())
     setup_s = time.perf_counter() - t0
     new_reqs = requests_for(prep, n_candidates, prep["test_queries"], seed=1)
+    judged = pd.read_parquet(Path(prep["dataset"]) / "judgments.parquet", columns=["query_id"])["query_id"]
+    more_new = requests_for(prep, n_candidates, sorted(set(judged) - set(prep["test_queries"])), seed=1)
     res: dict = {"benchmark": "ranking service over real HTTP (bench/bench_serving.py)", "goals_set": GOALS,
                  "n_candidates": n_candidates, "catalog_products": prep["n_products"],
                  "held_out_queries": len(prep["test_queries"]), "model_features": len(prep["model_features"]),
-                 "setup_seconds": round(setup_s, 1), "cpu_count": os.cpu_count(), "ce_backend": ce_backend,
+                 "setup_seconds": round(setup_s, 1), "cpu": _cpu(),
                  "serving": serving or "defaults (ltr/serving/config.py)"}
-    load0 = os.getloadavg()[0]
-    cur, orders, srv = measure(prep, work, ROOT, {"embedding_cache": prep["embeddings"], "ce_backend": ce_backend,
+    load0, steal0 = os.getloadavg()[0], _cpu_times()
+    cur, orders, srv = measure(prep, work, ROOT, {"embedding_cache": prep["embeddings"],
                                                   "log_dir": str(work / "served_logs"), "serving": serving or {}},
-                               new_reqs, warm_n, seconds, startup_timeout)
+                               new_reqs, warm_n, seconds, startup_timeout, more_new)
     try:
         if soak_n:
             all_q = sorted(pd.read_parquet(Path(prep["dataset"]) / "queries.parquet")["query_id"])
@@ -384,7 +421,7 @@ def run(out: Path, work: Path, n_candidates: int = 100, warm_n: int = 200, secon
     if baseline_rev:
         base, _, bsrv = measure(prep, work, baseline_root(baseline_rev, work),
                                 {"precompute_embeddings": True, "log_dir": str(work / "served_logs_baseline")},
-                                new_reqs, warm_n, seconds, startup_timeout)
+                                new_reqs, warm_n, seconds, startup_timeout, more_new)
         bsrv.stop()
         res["baseline"] = {"rev": baseline_rev, **base}
         res["ratios"] = {
@@ -393,15 +430,18 @@ def run(out: Path, work: Path, n_candidates: int = 100, warm_n: int = 200, secon
             "conc8_rps": round(cur["concurrency8"]["requests_per_s"] / base["concurrency8"]["requests_per_s"], 2),
             "startup": round(base["startup_s"] / cur["startup_s"], 2)}
         _save(out, res)
-    full = full_ce_orders(prep, new_reqs)
+    full, curve = full_ce_orders(prep, new_reqs)
     full_ndcg = _ndcg(new_reqs, full, prep)
     res["quality"] = {"ndcg10_full_ce": round(full_ndcg, 4),
                       "ndcg10_phased_new_query": round(_ndcg(new_reqs, orders["new_query"], prep), 4),
                       "ndcg10_phased_warm": round(_ndcg(new_reqs, orders["warm"], prep), 4),
-                      "ndcg10_first_phase_only": round(_ndcg(new_reqs, first_phase_orders(prep, new_reqs), prep), 4)}
+                      "ndcg10_first_phase_only": round(_ndcg(new_reqs, curve[0], prep), 4),
+                      "ndcg10_by_rerank_k_no_deadline_fp32": {k: round(_ndcg(new_reqs, o, prep), 4)
+                                                              for k, o in curve.items()}}
     res["quality"]["gap"] = round(full_ndcg - res["quality"]["ndcg10_phased_new_query"], 4)
     res["goals_met"] = goals(res)
     res["loadavg_1m"] = {"start": round(load0, 2), "end": round(os.getloadavg()[0], 2)}
+    res["cpu_steal_share"] = _steal_share(steal0, _cpu_times())  # time the VM's host gave to others
     _save(out, res)
     return res
 
@@ -426,11 +466,13 @@ def main() -> None:
     ap.add_argument("--baseline-rev", default=None, help="git revision whose service runs beside, for ratios")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a serving setting for the measured service, e.g. --set rerank_k=20 (repeatable)")
-    ap.add_argument("--ce-backend", default="torch", choices=["torch", "torch-bf16", "onnx", "onnx-int8"])
+    ap.add_argument("--ce-backend", default=None, choices=["auto", "torch", "torch-bf16", "onnx", "onnx-int8"],
+                    help="the measured service's cross-encoder backend (default: ServingConfig's, 'auto')")
     a = ap.parse_args()
     serving = {k: json.loads(v) for k, v in (x.split("=", 1) for x in a.set)}
-    r = run(a.out, a.work, a.candidates, a.warm, a.seconds, a.soak, a.baseline_rev, serving=serving,
-            ce_backend=a.ce_backend)
+    if a.ce_backend:
+        serving["ce_backend"] = a.ce_backend
+    r = run(a.out, a.work, a.candidates, a.warm, a.seconds, a.soak, a.baseline_rev, serving=serving)
     show = {k: r[k] for k in ("quality", "goals_met", "loadavg_1m")}
     show["current"] = {k: v for k, v in r["current"].items() if k != "soak"}
     show["soak"] = {k: v for k, v in r["current"].get("soak", {}).items() if k != "windows"}

@@ -126,7 +126,8 @@ class OnDemandFeatures:
         self.products = complete_products(products, where="on-demand features catalog")
         if self.products.empty:
             raise OnDemandError("products is empty. Fix: pass the catalog the candidates come from.")
-        self.pos = pd.Series(np.arange(len(self.products)), index=pd.Index(self.products["product_id"]))
+        # product id -> catalog row, a plain dict: 100 lookups cost ~20 us, a pandas indexer ~0.5 ms a request
+        self._row = {str(p): i for i, p in enumerate(self.products["product_id"])}
         self._ce_src, self._bi_src = cross_encoder, bi_encoder
         self._ce = self._bi = None
         self._lex: L.LexicalIndex | None = None
@@ -140,12 +141,14 @@ class OnDemandFeatures:
         self.embedding_cache = embedding_cache
         self._lock = threading.RLock()
 
-    def with_cross_encoder(self, cross_encoder) -> OnDemandFeatures:
+    def with_cross_encoder(self, cross_encoder, backend: str | None = None) -> OnDemandFeatures:
         """A copy that shares this catalog's built state (BM25 indexes, product features, bi-encoder and its
-        embeddings) but scores with another cross-encoder, behind an empty cache: what a model reload needs
-        (a new version may carry a new cross-encoder; its scores must not come from the old one's cache)."""
+        embeddings) but scores with another cross-encoder (on `backend`, default this one's), behind an empty
+        cache: what a model reload needs (a new version may carry a new cross-encoder; its scores must not
+        come from the old one's cache)."""
         new = copy.copy(self)
         new._ce_src, new._ce, new._ce_texts = cross_encoder, None, {}
+        new.ce_backend = backend or self.ce_backend
         new.ce_cache = LRUCache(self.ce_cache.maxsize)
         new._lock = threading.RLock()
         return new
@@ -232,13 +235,13 @@ class OnDemandFeatures:
     # -- computing ---------------------------------------------------------------------------------------
     def positions(self, product_ids: Sequence[str], field: str = "product_ids") -> np.ndarray:
         """Catalog rows of `product_ids`; unknown ids raise naming a few of them."""
-        ids = pd.Index([str(p) for p in product_ids])
-        idx = self.pos.index.get_indexer(ids)
+        row = self._row
+        idx = np.fromiter((row.get(str(p), -1) for p in product_ids), dtype=np.int64, count=len(product_ids))
         if (idx < 0).any():
-            bad = list(dict.fromkeys(ids[idx < 0]))
+            bad = list(dict.fromkeys(str(p) for p, i in zip(product_ids, idx) if i < 0))
             raise OnDemandError(f"{field}: {len(bad)} product id(s) not in the catalog, e.g. {bad[:5]}. "
                                 "Fix: pass ids of products in the catalog the service was started with.")
-        return self.pos.to_numpy()[idx]
+        return idx
 
     def _ce_text(self, d: int) -> tuple[str, str]:
         """(text the cross-encoder reads, its hash) of catalog row d, rendered once."""

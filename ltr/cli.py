@@ -370,24 +370,30 @@ def serve(model: str = typer.Option("models:/ltr-ranker@champion", "--model"),
                                                   "products.parquet) without a run; request-time features only."),
           host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
           tracking_uri: Optional[str] = TrackingOpt,
-          rerank_k: int = typer.Option(30, "--rerank-k", help="Second phase: cross-encoder on the top k."),
-          ce_deadline_ms: float = typer.Option(80.0, "--ce-deadline-ms", help="Cross-encoder time per request; "
-                                               "pairs not scored by then stay missing."),
-          reload_poll_s: float = typer.Option(30.0, "--reload-poll-s", help="Seconds between checks of the "
-                                              "model alias in the registry (0: never reload)."),
-          max_inflight: int = typer.Option(32, "--max-inflight", help="Requests in progress at once; 503 beyond."),
+          rerank_k: Optional[int] = typer.Option(None, "--rerank-k", help="Second phase: cross-encoder on the "
+                                                 "top k (default: ServingConfig's)."),
+          ce_deadline_ms: Optional[float] = typer.Option(None, "--ce-deadline-ms", help="Cross-encoder time per "
+                                                         "request; pairs not scored by then stay missing."),
+          ce_backend: Optional[str] = typer.Option(None, "--ce-backend", help="auto (int8 when the model carries "
+                                                   "it), torch, torch-bf16, onnx or onnx-int8."),
+          reload_poll_s: Optional[float] = typer.Option(None, "--reload-poll-s", help="Seconds between checks of "
+                                                        "the model alias in the registry (0: never reload)."),
+          max_inflight: Optional[int] = typer.Option(None, "--max-inflight", help="Requests in progress at once; "
+                                                     "503 beyond."),
           precompute_embeddings: bool = typer.Option(True, "--precompute-embeddings/--lazy-embeddings",
                                                      help="Have every product's bi-encoder embedding in memory "
                                                      "before the port opens (read from the embedding cache the "
                                                      "offline build filled; computed where absent).")) -> None:
-    """Serve POST /v1/rank over HTTP with the registered model (and its cross-encoder) and Feast online features."""
+    """Serve POST /v1/rank over HTTP with the registered model (and its cross-encoder) and Feast online features.
+    Settings not given keep ltr.serving.config.ServingConfig's defaults (one place for them)."""
     from ltr.serving.app import _serving_config
     from ltr.serving.server import check_port
     from ltr.serving.server import serve as _serve
     from ltr.tracking import resolve_tracking_uri
     check_port(port)
-    cfg = _serving_config({"rerank_k": rerank_k, "ce_deadline_ms": ce_deadline_ms, "reload_poll_s": reload_poll_s,
-                           "max_inflight": max_inflight}, None)
+    given = {"rerank_k": rerank_k, "ce_deadline_ms": ce_deadline_ms, "ce_backend": ce_backend,
+             "reload_poll_s": reload_poll_s, "max_inflight": max_inflight}
+    cfg = _serving_config({k: v for k, v in given.items() if v is not None}, None)
     if run_dir is None and products is None:
         run_dir = Path("runs/default")
     _serve(model, run_dir=run_dir, products=products, host=host, port=port,

@@ -380,6 +380,7 @@ def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, te
     if paths is not None and paths.labels.exists():
         prints["labels"] = file_digest(paths.labels)
     parts = ServingParts(cross_encoder=ce_dir, data_fingerprints=prints, cold_route=route,
+                         cross_encoder_int8=cfg.tracking.cross_encoder_int8,
                          cross_encoder_choice="fold 0 of 2 cross-fitted models (fine-tuned on fold 1's "
                                               "queries); it scored half the training rows' ce_score")
     run_id, model_uri = log_training_run(res, run_name="champion-candidate", label_source=cfg.labels.backend,

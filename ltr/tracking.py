@@ -251,6 +251,8 @@ class ServingParts:
     cross_encoder: the directory of the cross-encoder that scores new pairs for `ce_score` (logged as the
     run's `cross_encoder/` artifact, its version and file digest recorded); cross_encoder_choice says in
     words which model that is and why (the caller decides at training time; the service never guesses).
+    cross_encoder_int8: also export it to ONNX int8 now (~26 s on 2 cores) and log that file beside it, so
+    the service scores pairs with it (~1.7x cheaper a pair) without exporting at start.
     bi_encoder: the encoder behind `bienc_cos` ("default": `ltr.data.encoder.default_encoder_path()` at
     the length offline features use), recorded by identity. feature_service: the Feast feature service the
     online features come from. data_fingerprints: extra fingerprints (dataset files, labels) beside the
@@ -262,6 +264,7 @@ class ServingParts:
     cross_encoder_choice: str = ""
     bi_encoder: str | Path | None = "default"
     feature_service: str = "serving"
+    cross_encoder_int8: bool = False
     data_fingerprints: Mapping[str, str] = field(default_factory=dict)
     cold_route: Any = None
 
@@ -291,9 +294,15 @@ def _cross_encoder_record(parts: ServingParts) -> dict[str, Any] | None:
     meta = json.loads((d / META_FILE).read_text()) if (d / META_FILE).exists() else {}
     for f in sorted(p for p in d.iterdir() if p.is_file()):
         mlflow.log_artifact(str(f), artifact_path=CE_ARTIFACT)
-    return {"artifact": CE_ARTIFACT, "version": meta.get("version"), "digest": dir_digest(d),
-            "files": sorted(p.name for p in d.iterdir() if p.is_file()), "source": str(d.resolve()),
-            "choice": parts.cross_encoder_choice}
+    rec = {"artifact": CE_ARTIFACT, "version": meta.get("version"), "digest": dir_digest(d),
+           "files": sorted(p.name for p in d.iterdir() if p.is_file()), "source": str(d.resolve()),
+           "choice": parts.cross_encoder_choice, "onnx_int8": None}
+    if parts.cross_encoder_int8:
+        from features.crossencoder.onnx_export import build_int8
+        int8 = build_int8(d)  # offline: a service start then loads it instead of exporting (~26 s)
+        mlflow.log_artifact(str(int8), artifact_path=f"{CE_ARTIFACT}/{int8.parent.name}")
+        rec["onnx_int8"] = {"file": f"{int8.parent.name}/{int8.name}", "sha256": file_digest(int8)}
+    return rec
 
 
 COLD_ROUTE_MODEL = "cold_route_content_model"

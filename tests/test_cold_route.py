@@ -226,8 +226,10 @@ def test_the_service_routes_a_request_without_engagement(shop):
     from fastapi.testclient import TestClient
 
     from ltr.serving.app import create_app
+    from ltr.serving.served_log import read_served_log
 
-    app = create_app(shop["uri"], shop["feat"], products=None, bi_encoder=None, warm=False)
+    app = create_app(shop["uri"], shop["feat"], products=None, bi_encoder=None, warm=False,
+                     log_dir=shop["root"] / "served", serving={"log": {"part_records": 1}})
     route, trees, frame, feats = shop["route"], shop["trees"], shop["frame"], shop["feats"]
     with TestClient(app) as client:
         pids = list(shop["ds"].products["product_id"][:15])
@@ -236,6 +238,8 @@ def test_the_service_routes_a_request_without_engagement(shop):
         rows = frame[frame["query_id"] == frame["query_id"].iloc[0]]
         warm = client.post("/v1/rank", json={"query": q, "product_ids": list(rows["product_id"])}).json()
     assert cold["cold_route"] == route.scorer_.name and warm["cold_route"] is None
+    log = read_served_log(shop["root"] / "served").groupby("request_id")["cold_route"].agg(set)
+    assert log[cold["request_id"]] == {route.scorer_.name} and log[warm["request_id"]] == {None}   # the log says too
     X = app.state.service.live.assembler.matrix("green running shoes 24 oz", pids,
                                                 app.state.service.live.ondemand.positions(pids))[0]
     assert np.isnan(X[:, [feats.index(f) for f in ENG]]).all()

@@ -286,7 +286,7 @@ def test_precomputed_product_embeddings_give_the_same_cosine(world):
 
 # --- a self-contained model: its cross-encoder and bi-encoder identity travel with it ----------------------
 
-def _register(world, name: str, ce_dir, bi_encoder) -> str:
+def _register(world, name: str, ce_dir, bi_encoder, int8: bool = False) -> str:
     """A ranker on the module's features, logged with its ServingParts and registered as NAME@champion."""
     import mlflow
 
@@ -297,7 +297,7 @@ def _register(world, name: str, ce_dir, bi_encoder) -> str:
     model = XGBLambdaMART(n_estimators=20, max_depth=3, early_stopping_rounds=None, random_state=0,
                           n_jobs=2).fit(X, j["grade"].to_numpy(float), j["query_id"].to_numpy())
     parts = T.ServingParts(cross_encoder=ce_dir, cross_encoder_choice="the test's tiny model", bi_encoder=bi_encoder,
-                           data_fingerprints={"judgments": "j-fingerprint"})
+                           data_fingerprints={"judgments": "j-fingerprint"}, cross_encoder_int8=int8)
     with mlflow.start_run(run_name=name):
         info = T.log_ranker(model, X)
         T.log_serving_parts(model, TrainConfig().target, parts)
@@ -334,6 +334,7 @@ def test_self_contained_model_serves_with_only_its_uri(world, self_contained):
     got = {x["product_id"]: x["score"] for x in r.json()["results"]}
     assert np.allclose([got[p] for p in pids], expected, rtol=1e-5, atol=1e-6)
     assert model["self_contained"] and model["cross_encoder_version"] == "ce-test-1"
+    assert model["ce_backend"] == "torch"                      # 'auto': no int8 export in this artifact
     assert model["cross_encoder_choice"] == "the test's tiny model" and model["feature_service"] == "serving"
     assert model["label_transform"]["alpha"] == 10.0 and model["data_fingerprints"] == {"judgments": "j-fingerprint"}
 
@@ -386,3 +387,24 @@ def test_a_missing_tracking_store_is_refused_not_created(world, tmp_path):
     with pytest.raises(ServingError, match="does not exist.*MLFLOW_TRACKING_URI"):
         load_ranker("models:/ltr-serving-test@champion", tracking_uri=f"sqlite:///{tmp_path}/none/mlflow.db")
     assert not (tmp_path / "none").exists() and mlflow.get_tracking_uri() == before
+
+
+def test_the_int8_export_is_built_at_registration_checked_and_served(world, tmp_path):
+    from features.crossencoder.onnx_export import int8_export
+
+    ce = _versioned_copy(world["ce"], tmp_path / "ce", "ce-test-int8")
+    uri = _register(world, "ltr-int8", ce, world["ce"], int8=True)
+    assert [p.name for p in (ce / "onnx").iterdir()] == [int8_export(ce).name]   # the int8 file only, no fp32
+    app = create_app(uri, world["feat"], bi_encoder=world["ce"], serving=EXACT)   # ce_backend 'auto'
+    lm = app.state.service.live.model
+    cached = int8_export(lm.cross_encoder)                     # downloaded with the model: same weights' hash
+    assert cached is not None and cached.read_bytes() == int8_export(ce).read_bytes()
+    q = world["ds"].judgments["query"].iloc[0]
+    pids = _cands(world, q)
+    with TestClient(app) as c:
+        r = c.post("/v1/rank", json={"query": q, "product_ids": pids})
+        model = c.get("/health").json()["model"]
+    assert r.status_code == 200, r.text
+    assert model["ce_backend"] == "onnx-int8" and r.json()["ce_scored"] == len(pids)
+    cached.write_bytes(cached.read_bytes()[:-1] + b"x")        # a changed export is not served: fetched again
+    assert int8_export(load_ranker(uri).cross_encoder).read_bytes() == int8_export(ce).read_bytes()

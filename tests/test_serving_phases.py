@@ -20,6 +20,7 @@ from ltr import tracking as T
 from ltr.serving.app import create_app
 from ltr.serving.ce_batcher import CrossEncoderBatcher
 from ltr.serving.config import ServedLogConfig
+from ltr.serving.gate import FifoGate
 from ltr.serving.served_log import ServedLog, read_served_log
 from tests.fixtures.serving_world import build_world, request_body, wait_for
 
@@ -94,7 +95,7 @@ def test_deadline_cuts_work_off_and_leftovers_finish_when_idle(world, scorer):
         time.sleep(0.05)                                     # 50 ms a batch
         return scorer.score(q, t)
 
-    b = CrossEncoderBatcher(slow, batch_size=4, pair_seconds=0.0125, idle_batch=4,
+    b = CrossEncoderBatcher(slow, batch_size=4, pair_seconds=0.0125, idle_seconds=0.05,
                             on_scored=lambda job, sl, s: scored.extend(range(sl.start, sl.stop)))
     try:
         qs, ts = _pairs(world, 16)
@@ -114,7 +115,7 @@ def test_deadline_cuts_work_off_and_leftovers_finish_when_idle(world, scorer):
 def test_leftovers_wait_while_a_request_is_in_flight(world, scorer):
     """A backlog batch started when a request arrives would take the cores its first phase needs."""
     scored: list[int] = []
-    b = CrossEncoderBatcher(scorer.score, batch_size=4, pair_seconds=0.0125, idle_batch=4,
+    b = CrossEncoderBatcher(scorer.score, batch_size=4, pair_seconds=0.0125, idle_seconds=0.05,
                             on_scored=lambda job, sl, s: scored.extend(range(sl.start, sl.stop)))
     try:
         qs, ts = _pairs(world, 8)
@@ -136,6 +137,20 @@ def test_calibration_measures_the_cost_per_pair(world, scorer):
     try:
         qs, ts = _pairs(world, 4)
         assert 0.009 < b.calibrate(qs, ts) < 1.0 and 0.009 < b.pair_seconds < 1.0
+    finally:
+        b.close()
+
+
+def test_calibration_tells_a_pass_cost_from_a_pair_cost(world, scorer):
+    def passes(q, t):
+        time.sleep(0.06 + 0.01 * len(t))                     # 60 ms a pass + 10 ms a pair
+        return scorer.score(q, t)
+
+    b = CrossEncoderBatcher(passes, pair_seconds=5.0)
+    try:
+        qs, ts = _pairs(world, 8)
+        b.calibrate(qs, ts)
+        assert 0.04 < b.fixed_seconds < 0.1 and 0.006 < b.pair_seconds < 0.025   # not (60 + 10 x 8) / 8
     finally:
         b.close()
 
@@ -242,3 +257,37 @@ def test_served_rows_join_later_engagement_by_request_id(world, tmp_path):
     hit = rows[rows["clicked"].eq(True)]
     assert len(hit) == 1 and hit["position"].iloc[0] == 2 and hit["model_version"].iloc[0] == "1"
     assert set(world["X"].columns) <= set(rows.columns)      # the model's features, as served
+
+
+# --- the first-phase gate ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_the_gate_lets_requests_in_in_arrival_order_and_at_most_slots_at_once(slots):
+    gate, entered, inside, most = FifoGate(slots), [], [0], [0]
+    lock = threading.Lock()
+
+    def request(i: int) -> None:
+        with gate:
+            with lock:
+                entered.append(i)
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.01)
+            with lock:
+                inside[0] -= 1
+
+    holders = [gate.__enter__() for _ in range(slots)]   # every slot taken: arrivals must queue
+    threads = []
+    for i in range(6):
+        t = threading.Thread(target=request, args=(i,))
+        t.start()
+        threads.append(t)
+        assert wait_for(lambda n=i + 1: gate.waiting == n, timeout=5)   # arrived and queued before the next one
+    for h in holders:
+        h.__exit__(None, None, None)
+    for t in threads:
+        t.join(timeout=10)
+    assert (entered if slots == 1 else sorted(entered)) == list(range(6))
+    assert most[0] <= slots and gate.waiting == 0
+    if slots == 2:   # in pairs: each of the first two began before any later one
+        assert set(entered[:2]) == {0, 1}

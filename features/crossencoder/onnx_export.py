@@ -4,9 +4,14 @@ Why: on CPU, ONNX Runtime's fused BERT kernels and int8 dynamic quantisation (VN
 times faster than eager PyTorch. The exported files are cached next to the model (`<model>/onnx/`), or
 in `onnx_dir`, keyed by the weights' hash so a re-trained model never reuses a stale export.
 
+The service scores with the int8 file (`ServingConfig.ce_backend`, "auto"): exporting and quantising take
+~26 s on 2 cores, so `build_int8` runs offline, when the model is registered, and the file travels in the
+model's artifact (ltr.tracking); a service start only loads it. The files are keyed by a hash of the
+weights' bytes, not their modification times, so a downloaded artifact finds the export made before upload.
+
 The export is torch's current exporter (`torch.onnx.export(..., dynamo=True)`: torch.export, then
-onnxscript), which needs the `onnx` and `onnxscript` packages (`pip install onnx onnxscript`, both in the
-`bench` extra). Two settings are deliberate:
+onnxscript), which needs the `onnx` and `onnxscript` packages (declared dependencies, as is onnxruntime).
+Two settings are deliberate:
 - The model is exported with eager attention (a copy; the caller's model keeps its own). With
   `segment_own_cls` the layout inserts a [CLS], so the layers see sequences of length seq + 1, and with
   SDPA attention torch.export records the head merge after attention as a `view` that the ONNX
@@ -28,11 +33,14 @@ import torch
 
 
 def _weights_hash(model_dir: Path) -> str:
+    """By content (~0.2 s for 90 MB): copies of the same weights (an MLflow download) share their export."""
     h = hashlib.sha1()
     for name in sorted(os.listdir(model_dir)):
         if name.endswith((".safetensors", ".bin")):
-            st = (model_dir / name).stat()
-            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(name.encode() + b"\0")
+            with open(model_dir / name, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
     return h.hexdigest()[:12]
 
 
@@ -82,6 +90,30 @@ def onnx_paths(model_dir: str | Path, onnx_dir: str | Path | None = None) -> tup
     return base / f"model-{tag}.onnx", base / f"model-{tag}-int8pc.onnx"  # pc: per-channel (older: per-tensor)
 
 
+def int8_export(model_dir: str | Path) -> Path | None:
+    """The int8 file exported for the weights now in `model_dir` (its own `onnx/` folder), or None."""
+    p = onnx_paths(model_dir)[1]
+    return p if p.exists() else None
+
+
+def build_int8(model_dir: str | Path, model=None) -> Path:
+    """Export and quantise offline, into `model_dir/onnx/`, keeping only the int8 file (what serving loads).
+    `model`: the loaded torch model (default: loaded from `model_dir`)."""
+    fp32, int8 = onnx_paths(model_dir)
+    if int8.exists():
+        return int8
+    if model is None:
+        from .artifact import load_scoring_model
+        model = load_scoring_model(Path(model_dir))
+    had_fp32 = fp32.exists()
+    if not had_fp32:
+        export_onnx(model, fp32)
+    quantize_int8(fp32, int8)
+    if not had_fp32:
+        fp32.unlink()
+    return int8
+
+
 def ort_session(model_dir: str | Path, model, quantize: bool = False, onnx_dir: str | Path | None = None,
                 num_threads: int = 2):
     """An onnxruntime InferenceSession for the model in `model_dir`, exporting on first use."""
@@ -91,7 +123,7 @@ def ort_session(model_dir: str | Path, model, quantize: bool = False, onnx_dir: 
         raise ImportError("backend onnx needs onnxruntime. Fix: `pip install onnxruntime onnx onnxscript`.") from e
     fp32, int8 = onnx_paths(model_dir, onnx_dir)
     try:
-        if not fp32.exists():
+        if not fp32.exists() and not (quantize and int8.exists()):
             export_onnx(model, fp32)
         if quantize and not int8.exists():
             quantize_int8(fp32, int8)
@@ -105,4 +137,4 @@ def ort_session(model_dir: str | Path, model, quantize: bool = False, onnx_dir: 
     return ort.InferenceSession(str(int8 if quantize else fp32), opts, providers=["CPUExecutionProvider"])
 
 
-__all__ = ["export_onnx", "onnx_paths", "ort_session", "quantize_int8"]
+__all__ = ["build_int8", "export_onnx", "int8_export", "onnx_paths", "ort_session", "quantize_int8"]

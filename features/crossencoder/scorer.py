@@ -17,9 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..text import pair_texts
-from .artifact import _read_meta
+from .artifact import _read_meta, load_scoring_model
 from .batching import _collate, _length_batches, _tokenize_pairs
-from .crossencoder_modeling import HEAD_NAME, BertSegmentCosineForSequenceClassification
 
 Backend = Literal["torch", "torch-bf16", "onnx", "onnx-int8"]
 
@@ -35,7 +34,7 @@ class CrossEncoderScorer:
     def __init__(self, path: str | Path, backend: Backend = "torch", max_length: int | None = None,
                  activation: Literal["sigmoid", "none"] = "sigmoid", num_threads: int | None = None,
                  onnx_dir: str | Path | None = None) -> None:
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.path = Path(path)
         if not (self.path / "config.json").exists():
@@ -52,20 +51,7 @@ class CrossEncoderScorer:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         self.max_length = int(max_length or self.meta.get("config", {}).get("max_length")
                               or min(int(self.tokenizer.model_max_length), 512))
-        conf = AutoConfig.from_pretrained(str(self.path))
-        if getattr(conf, "ltr_head", None) == HEAD_NAME:  # our segment-cosine head: no remote code needed
-            model, info = BertSegmentCosineForSequenceClassification.from_pretrained(
-                str(self.path), output_loading_info=True)
-        else:
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                str(self.path), num_labels=1, output_loading_info=True)
-        if any("classifier" in k or k.startswith(("score", "cos_")) for k in info.get("missing_keys", [])):
-            raise ValueError(f"{self.path} holds an encoder without a trained classification head. Fix: "
-                             "fine-tune it first with fine_tune_cross_encoder(), or pass a cross-encoder dir.")
-        if model.config.num_labels != 1:
-            raise ValueError(f"{self.path} has num_labels={model.config.num_labels}; a relevance "
-                             "cross-encoder needs exactly 1 output. Fix: pass a 1-label cross-encoder.")
-        self.model = model.eval()
+        self.model = load_scoring_model(self.path)
         self.pad_id = int(self.tokenizer.pad_token_id or 0)
         self._ort = None
         if backend.startswith("onnx"):

@@ -36,9 +36,10 @@ from ltr.data.dataset import read_table
 from ltr.data.schemas import PRODUCTS, query_id
 
 from .config import ServingConfig
+from .gate import FifoGate
 from .limits import RequestLimits
 from .live import LiveModel, build_live
-from .model import ServingError, check_bi_encoder, load_ranker, public
+from .model import LoadedModel, ServingError, check_bi_encoder, load_ranker, public, serving_ce_backend
 from .phases import Ranked
 from .phases import rank as rank_phases
 from .reload import ModelWatcher
@@ -168,6 +169,7 @@ class ServiceState:
     def __init__(self, live: LiveModel, store: Any, catalog: pd.DataFrame, cfg: ServingConfig,
                  served_log: ServedLog | None) -> None:
         self.live, self.store, self.cfg, self.served_log = live, store, cfg, served_log
+        self.gate = FifoGate(cfg.cpu_slots) if cfg.cpu_slots else None
         self.known = set(catalog["product_id"])
         self.watcher: ModelWatcher | None = None
         self.limits: RequestLimits | None = None
@@ -252,7 +254,7 @@ def _log_record(rid: str, q: str, ids: list[str], live: LiveModel, r: Ranked) ->
     position[r.order] = np.arange(1, len(ids) + 1)
     return {"request_id": rid, "ts": datetime.now(UTC), "query": q, "query_id": query_id(q), "product_ids": ids,
             "features": live.model.features, "X": r.X, "scores": r.scores, "phase": r.phase, "position": position,
-            "model_version": live.version, "store": r.store}
+            "model_version": live.version, "store": r.store, "cold_route": r.cold_route}
 
 
 def _degraded_reasons(r: Ranked, live: LiveModel) -> list[str]:
@@ -277,7 +279,8 @@ def rank_request(state: ServiceState, req: RankRequest, started: float | None = 
     try:
         with live.foreground():
             docs = live.ondemand.positions(ids)
-            r = rank_phases(live, q, ids, docs, state.cfg.rerank_k, started, state.cfg.ce_deadline_ms / 1000)
+            r = rank_phases(live, q, ids, docs, state.cfg.rerank_k, started, state.cfg.ce_deadline_ms / 1000,
+                            state.gate)
     except Exception:
         state.metrics.failed()
         raise
@@ -311,6 +314,7 @@ def _store_health(store: Any) -> dict[str, Any]:
 def _public_model(live: LiveModel) -> dict[str, Any]:
     d = live.model.describe()
     d["cross_encoder"] = Path(d["cross_encoder"]).name if d.get("cross_encoder") else None
+    d["ce_backend"] = live.ondemand.ce_backend if d["cross_encoder"] else None
     return d
 
 
@@ -381,7 +385,7 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
                bi_encoder: str | Path | None = "default", max_candidates: int | None = None,
                log_dir: str | Path | None = None, tracking_uri: str | None = None,
                on_missing: Literal["error", "nan"] = "error", ce_cache_size: int = 100_000,
-               warm: bool = True, precompute_embeddings: bool = True, ce_backend: str = "torch",
+               warm: bool = True, precompute_embeddings: bool = True,
                embedding_cache: str | Path | None = "default",
                serving: ServingConfig | dict | None = None) -> FastAPI:
     """Build the ranking service.
@@ -409,18 +413,21 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
         from ltr.data.embedding_cache import default_cache_dir
         embedding_cache = default_cache_dir()
     base = OnDemandFeatures(catalog, cross_encoder=None, bi_encoder=bi_encoder, ce_cache_size=ce_cache_size,
-                            ce_backend=ce_backend, embedding_cache=embedding_cache)
+                            embedding_cache=embedding_cache)
     if warm:  # built once, shared by every model version this service loads
         base.warm([f for f in lm.features if family_of(f) != "ce"])
     if precompute_embeddings and "bienc_cos" in lm.features and bi_encoder is not None:
         base.precompute_product_embeddings(progress=True)
-    live = build_live(lm, base.with_cross_encoder(lm.cross_encoder), store, cfg, on_missing, warm)
+    def scorer_for(m: LoadedModel) -> OnDemandFeatures:  # each version's cross-encoder, on its own backend
+        return base.with_cross_encoder(m.cross_encoder, serving_ce_backend(cfg.ce_backend, m.cross_encoder))
+
+    live = build_live(lm, scorer_for(lm), store, cfg, on_missing, warm)
     state = ServiceState(live, store, catalog, cfg, ServedLog(log_dir, cfg.log) if log_dir is not None else None)
 
     def load_version() -> LiveModel:
         new = load_ranker(model_uri, cross_encoder=cross_encoder, tracking_uri=tracking_uri)
         check_bi_encoder(new, bi_encoder)
-        return build_live(new, base.with_cross_encoder(new.cross_encoder), store, cfg, on_missing, warm)
+        return build_live(new, scorer_for(new), store, cfg, on_missing, warm)
 
     state.watcher = ModelWatcher(lm, load_version, state.swap, cfg.reload_poll_s)
     return build_app(state)

@@ -1,6 +1,8 @@
 """The service's settings, validated once (`ltr serve` flags and `create_app(serving=...)` both land here)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from ltr.data.config import StrictConfig
@@ -28,10 +30,19 @@ class ServingConfig(StrictConfig):
     max_id_chars: int = Field(200, ge=1)
     #: requests in progress at once; beyond it 503 with Retry-After, instead of an unbounded queue
     max_inflight: int = Field(32, ge=1)
-    #: second phase: the cross-encoder scores the first phase's top k candidates ...
-    rerank_k: int = Field(30, ge=0)
+    #: second phase: the cross-encoder scores the first phase's top k candidates (10: the NDCG@10 cut-off;
+    #: the bench's curve over k is in the README) ...
+    rerank_k: int = Field(10, ge=0)
     #: ... within this many milliseconds of the request's arrival; pairs not scored by then stay missing
-    ce_deadline_ms: float = Field(80.0, gt=0)
+    #: (130: a new query's first phase ~30 ms + one pass of 10 int8 pairs ~90 ms on 2 AVX2 cores, with room
+    #: for the final phase and HTTP inside a 150 ms p99)
+    ce_deadline_ms: float = Field(130.0, gt=0)
+    #: how the cross-encoder runs: "auto" = ONNX int8 when the model's artifact carries its int8 export
+    #: (built at registration, ltr.tracking.ServingParts.cross_encoder_int8), else torch fp32; an explicit
+    #: "onnx-int8" / "onnx" exports at start when the artifact lacks it (~26 s on 2 cores)
+    ce_backend: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"] = "auto"
+    #: requests computing their first phase at once, let in in arrival order (ltr/serving/gate.py); 0: no gate
+    cpu_slots: int = Field(1, ge=0)
     #: pairs per cross-encoder forward pass, drawn from all waiting requests
     ce_batch_size: int = Field(16, ge=1)
     #: requests waiting for the cross-encoder at once; beyond it a request is served from the first phase

@@ -100,7 +100,7 @@ def model_cache_dir() -> Path:
 def _ce_mismatch(d: Path, rec: dict[str, Any]) -> str | None:
     """Why directory `d` is not the cross-encoder `rec` describes (None when it is)."""
     from features.crossencoder import META_FILE
-    from ltr.tracking import dir_digest
+    from ltr.tracking import dir_digest, file_digest
 
     if not (d / "config.json").exists():
         return f"{d} holds no model (no config.json)"
@@ -111,6 +111,9 @@ def _ce_mismatch(d: Path, rec: dict[str, Any]) -> str | None:
                     f"{rec['version']!r}")
     if rec.get("digest") and dir_digest(d) != rec["digest"]:
         return f"{d} has the recorded version but not the recorded files (digest differs)"
+    int8 = rec.get("onnx_int8")
+    if int8 and (d / int8["file"]).exists() and file_digest(d / int8["file"]) != int8["sha256"]:
+        return f"{d}'s int8 export {int8['file']} is not the recorded file (digest differs)"
     return None
 
 
@@ -276,3 +279,20 @@ def load_ranker(model_uri: str, cross_encoder: str | Path | None = None,
     lm.cross_encoder = _resolve_cross_encoder(lm, cross_encoder)
     lm.cold_route = _load_cold_route(lm)
     return lm
+
+
+def serving_ce_backend(wanted: str, ce_dir: Path | None) -> str:
+    """The cross-encoder backend a service runs: `wanted`, or for "auto" ONNX int8 when the cross-encoder
+    dir holds the int8 export of its weights (built offline at registration) and onnxruntime imports, else
+    torch fp32. Never an export at start unasked: that costs ~26 s on 2 cores."""
+    if wanted != "auto":
+        return wanted
+    if ce_dir is None:
+        return "torch"
+    from features.crossencoder.onnx_export import int8_export
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "onnx-int8" if int8_export(ce_dir) is not None else "torch"

@@ -19,6 +19,7 @@ cross-encoder runs only if the route's scorer uses `ce_score`, and the response 
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,19 +56,25 @@ def _second_phase(live: LiveModel, query: str, docs: np.ndarray, top: np.ndarray
     return vals
 
 
-def rank(live: LiveModel, query: str, ids: list[str], docs: np.ndarray, rerank_k: int,
-         started: float, deadline_s: float) -> Ranked:
-    """All three phases for one request. `started`: time.monotonic() at the request's arrival."""
+def _first_phase(live: LiveModel, query: str, ids: list[str], docs: np.ndarray) -> tuple:
+    """(X, store info, the store's ce_score, the trees' scores, the cold route or None, the first-phase scores)."""
     X, info = live.assembler.matrix(query, ids, docs, skip=("ce",))
-    ranker = live.model.ranker
     stored = None
     if live.ce_col is not None:  # the store may hold ce_score for known pairs: kept for the second phase
         stored = X[:, live.ce_col].copy()
         X[:, live.ce_col] = np.nan  # the first phase sees every candidate the same way
-    s1 = ranker.predict_matrix(X)
+    s1 = live.model.ranker.predict_matrix(X)
     route = live.cold_route(X)  # no engagement anywhere: the model's cold scorer ranks, the trees break ties
-    scorer = ranker if route is None else route
-    first = s1 if route is None else route.predict_matrix(X)
+    return X, info, stored, s1, route, (s1 if route is None else route.predict_matrix(X))
+
+
+def rank(live: LiveModel, query: str, ids: list[str], docs: np.ndarray, rerank_k: int,
+         started: float, deadline_s: float, gate: AbstractContextManager | None = None) -> Ranked:
+    """All three phases for one request. `started`: time.monotonic() at the request's arrival. `gate`: held
+    around the first phase only (ltr/serving/gate.py), not while the cross-encoder works."""
+    with gate or nullcontext():
+        X, info, stored, s1, route, first = _first_phase(live, query, ids, docs)
+    scorer = live.model.ranker if route is None else route
     phase = np.ones(len(ids), np.int8)
     wanted = scored = 0
     scores = first

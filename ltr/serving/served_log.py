@@ -3,7 +3,8 @@
 A request only puts one record on a bounded queue (microseconds; when the queue is full the record is
 dropped and counted, the request never waits). One background thread turns records into rows in the
 training frame's shape, one row per (request, candidate): `request_id, event_timestamp, query_id, query,
-product_id, position, score, phase, model_version, store` and then the model's features as float columns,
+product_id, position, score, phase, model_version, store, cold_route` (the cold scorer that ranked the
+request, null when the trees did) and then the model's features as float columns,
 and writes them as parquet parts, each closed after `part_records` requests or `part_seconds`, whichever
 comes first (written to a temporary name and renamed: a crash never leaves half a file). A part holds one
 model version's feature list; a reload to a model with other features starts a new part.
@@ -101,7 +102,7 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (request, candidate) in the training frame's shape; all records share one feature list."""
     feats = list(records[0]["features"])
     n = [len(r["product_ids"]) for r in records]
-    rep = lambda key: np.repeat(np.asarray([r[key] for r in records], dtype=object), n)  # noqa: E731
+    rep = lambda key: np.repeat(np.asarray([r.get(key) for r in records], dtype=object), n)  # noqa: E731
     out = {"request_id": rep("request_id"),
            "event_timestamp": pd.to_datetime(np.repeat([r["ts"] for r in records], n), utc=True),
            "query_id": rep("query_id"), "query": rep("query"),
@@ -109,7 +110,7 @@ def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
            "position": np.concatenate([r["position"] for r in records]).astype(np.int32),
            "score": np.concatenate([r["scores"] for r in records]).astype(np.float64),
            "phase": np.concatenate([r["phase"] for r in records]).astype(np.int8),
-           "model_version": rep("model_version"), "store": rep("store")}
+           "model_version": rep("model_version"), "store": rep("store"), "cold_route": rep("cold_route")}
     X = np.concatenate([r["X"] for r in records]).astype(np.float64)
     frame = pd.DataFrame(out)
     return pd.concat([frame, pd.DataFrame(X, columns=feats)], axis=1)
@@ -120,7 +121,7 @@ def read_served_log(log_dir: str | Path) -> pd.DataFrame:
     parts = sorted(Path(log_dir).rglob("served-*.parquet"))
     if not parts:
         return pd.DataFrame(columns=["request_id", "event_timestamp", "query_id", "query", "product_id",
-                                     "position", "score", "phase", "model_version", "store"])
+                                     "position", "score", "phase", "model_version", "store", "cold_route"])
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
 
 
