@@ -24,6 +24,7 @@ Two settings are deliberate:
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import os
 import warnings
@@ -33,14 +34,21 @@ import torch
 
 
 def _weights_hash(model_dir: Path) -> str:
-    """By content (~0.2 s for 90 MB): copies of the same weights (an MLflow download) share their export."""
+    """By content (~0.2 s for 90 MB): copies of the same weights (an MLflow download) share their export.
+    Remembered per file state, so a service start that asks twice reads the weights once."""
+    files = sorted(n for n in os.listdir(model_dir) if n.endswith((".safetensors", ".bin")))
+    state = tuple((n, (st := (Path(model_dir) / n).stat()).st_size, st.st_mtime_ns, st.st_ino) for n in files)
+    return _content_hash(str(Path(model_dir).resolve()), state)
+
+
+@functools.lru_cache(maxsize=64)
+def _content_hash(model_dir: str, state: tuple) -> str:
     h = hashlib.sha1()
-    for name in sorted(os.listdir(model_dir)):
-        if name.endswith((".safetensors", ".bin")):
-            h.update(name.encode() + b"\0")
-            with open(model_dir / name, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
+    for name, *_ in state:
+        h.update(name.encode() + b"\0")
+        with open(Path(model_dir) / name, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
     return h.hexdigest()[:12]
 
 
