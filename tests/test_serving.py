@@ -319,17 +319,23 @@ def self_contained(world, tmp_path_factory):
     return {"uri": _register(world, "ltr-self-contained", ce, world["ce"]), "ce": ce}
 
 
-def test_self_contained_model_serves_with_only_its_uri(world, self_contained):
-    app = create_app(self_contained["uri"], world["feat"], bi_encoder=world["ce"])   # no cross_encoder given
-    lm = app.state.service.live.model
-    assert lm.cross_encoder == Path(os.environ["LTR_MODEL_CACHE"]) / lm.run_id / "cross_encoder"
-    assert T.dir_digest(lm.cross_encoder) == T.dir_digest(self_contained["ce"])
+def _rank_first_query(world, app):
+    """(query, candidates, the /v1/rank response, /health's model section) for the world's first query."""
     q = world["ds"].judgments["query"].iloc[0]
     pids = _cands(world, q)
     with TestClient(app) as c:
         r = c.post("/v1/rank", json={"query": q, "product_ids": pids})
         model = c.get("/health").json()["model"]
     assert r.status_code == 200, r.text
+    return q, pids, r, model
+
+
+def test_self_contained_model_serves_with_only_its_uri(world, self_contained):
+    app = create_app(self_contained["uri"], world["feat"], bi_encoder=world["ce"])   # no cross_encoder given
+    lm = app.state.service.live.model
+    assert lm.cross_encoder == Path(os.environ["LTR_MODEL_CACHE"]) / lm.run_id / "cross_encoder"
+    assert T.dir_digest(lm.cross_encoder) == T.dir_digest(self_contained["ce"])
+    q, pids, r, model = _rank_first_query(world, app)
     expected = T.load_model(self_contained["uri"]).predict(_offline_frame(world, q, pids), missing="nan")
     got = {x["product_id"]: x["score"] for x in r.json()["results"]}
     assert np.allclose([got[p] for p in pids], expected, rtol=1e-5, atol=1e-6)
@@ -399,12 +405,7 @@ def test_the_int8_export_is_built_at_registration_checked_and_served(world, tmp_
     lm = app.state.service.live.model
     cached = int8_export(lm.cross_encoder)                     # downloaded with the model: same weights' hash
     assert cached is not None and cached.read_bytes() == int8_export(ce).read_bytes()
-    q = world["ds"].judgments["query"].iloc[0]
-    pids = _cands(world, q)
-    with TestClient(app) as c:
-        r = c.post("/v1/rank", json={"query": q, "product_ids": pids})
-        model = c.get("/health").json()["model"]
-    assert r.status_code == 200, r.text
+    _, pids, r, model = _rank_first_query(world, app)
     assert model["ce_backend"] == "onnx-int8" and r.json()["ce_scored"] == len(pids)
     cached.write_bytes(cached.read_bytes()[:-1] + b"x")        # a changed export is not served: fetched again
     assert int8_export(load_ranker(uri).cross_encoder).read_bytes() == int8_export(ce).read_bytes()

@@ -418,6 +418,7 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
         base.warm([f for f in lm.features if family_of(f) != "ce"])
     if precompute_embeddings and "bienc_cos" in lm.features and bi_encoder is not None:
         base.precompute_product_embeddings(progress=True)
+
     def scorer_for(m: LoadedModel) -> OnDemandFeatures:  # each version's cross-encoder, on its own backend
         return base.with_cross_encoder(m.cross_encoder, serving_ce_backend(cfg.ce_backend, m.cross_encoder))
 
