@@ -192,6 +192,8 @@ def test_stage_train_register_records_fold0_as_the_serving_cross_encoder(store, 
     lm = load_ranker(out["model_uri"])                            # only the URI: no run dir, no --ce-model
     ce = lm.manifest["cross_encoder"]
     assert ce["version"] == "ce-fold0" and ce["choice"].startswith("fold 0 of 2")
+    from features.crossencoder.onnx_export import int8_export
+    assert ce["onnx_int8"]["file"] == f"onnx/{int8_export(lm.cross_encoder).name}"   # built at registration, downloaded
     assert T.dir_digest(lm.cross_encoder) == T.dir_digest(paths.ce / "llm_fold0")
     assert lm.manifest["label_transform"]["alpha"] == tres.best_config.target.alpha
     assert lm.manifest["label_transform"]["blend_weight"] == tres.best_config.target.blend_weight
