@@ -104,22 +104,35 @@ def int8_export(model_dir: str | Path) -> Path | None:
     return p if p.exists() else None
 
 
-def build_int8(model_dir: str | Path, model=None) -> Path:
-    """Export and quantise offline, into `model_dir/onnx/`, keeping only the int8 file (what serving loads).
-    `model`: the loaded torch model (default: loaded from `model_dir`)."""
-    fp32, int8 = onnx_paths(model_dir)
-    if int8.exists():
-        return int8
+def ensure_export(model_dir: str | Path, model=None, quantize: bool = False,
+                  onnx_dir: str | Path | None = None) -> Path:
+    """The export of the weights in `model_dir` (int8 when `quantize`), made if absent. An fp32 file made only
+    to quantise from is removed again (90 MB nobody loads). `model`: the loaded torch model (default: loaded
+    from `model_dir`)."""
+    fp32, int8 = onnx_paths(model_dir, onnx_dir)
+    want = int8 if quantize else fp32
+    if want.exists():
+        return want
     if model is None:
         from .artifact import load_scoring_model
         model = load_scoring_model(Path(model_dir))
-    had_fp32 = fp32.exists()
-    if not had_fp32:
-        export_onnx(model, fp32)
-    quantize_int8(fp32, int8)
-    if not had_fp32:
-        fp32.unlink()
-    return int8
+    try:
+        had_fp32 = fp32.exists()
+        if not had_fp32:
+            export_onnx(model, fp32)
+        if quantize:
+            quantize_int8(fp32, int8)
+            if not had_fp32:
+                fp32.unlink()
+    except PermissionError as e:
+        raise PermissionError(f"cannot write the ONNX export under {fp32.parent}. Fix: pass onnx_dir= a "
+                              "writable directory.") from e
+    return want
+
+
+def build_int8(model_dir: str | Path, model=None) -> Path:
+    """Export and quantise offline (at registration), into `model_dir/onnx/`: the file serving loads."""
+    return ensure_export(model_dir, model, quantize=True)
 
 
 def ort_session(model_dir: str | Path, model, quantize: bool = False, onnx_dir: str | Path | None = None,
@@ -129,20 +142,12 @@ def ort_session(model_dir: str | Path, model, quantize: bool = False, onnx_dir: 
         import onnxruntime as ort
     except ImportError as e:  # pragma: no cover
         raise ImportError("backend onnx needs onnxruntime. Fix: `pip install onnxruntime onnx onnxscript`.") from e
-    fp32, int8 = onnx_paths(model_dir, onnx_dir)
-    try:
-        if not fp32.exists() and not (quantize and int8.exists()):
-            export_onnx(model, fp32)
-        if quantize and not int8.exists():
-            quantize_int8(fp32, int8)
-    except PermissionError as e:
-        raise PermissionError(f"cannot write the ONNX export under {fp32.parent}. Fix: pass onnx_dir= a "
-                              "writable directory.") from e
+    path = ensure_export(model_dir, model, quantize, onnx_dir)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, int(num_threads))
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(int8 if quantize else fp32), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-__all__ = ["build_int8", "export_onnx", "int8_export", "onnx_paths", "ort_session", "quantize_int8"]
+__all__ = ["build_int8", "ensure_export", "export_onnx", "int8_export", "onnx_paths", "ort_session", "quantize_int8"]

@@ -283,16 +283,10 @@ def load_ranker(model_uri: str, cross_encoder: str | Path | None = None,
 
 def serving_ce_backend(wanted: str, ce_dir: Path | None) -> str:
     """The cross-encoder backend a service runs: `wanted`, or for "auto" ONNX int8 when the cross-encoder
-    dir holds the int8 export of its weights (built offline at registration) and onnxruntime imports, else
-    torch fp32. Never an export at start unasked: that costs ~26 s on 2 cores."""
+    dir holds the int8 export of its weights (built offline at registration), else torch fp32. Never an
+    export at start unasked: that costs ~26 s on 2 cores."""
     if wanted != "auto":
         return wanted
-    if ce_dir is None:
-        return "torch"
     from features.crossencoder.onnx_export import int8_export
 
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "onnx-int8" if int8_export(ce_dir) is not None else "torch"
+    return "onnx-int8" if ce_dir is not None and int8_export(ce_dir) is not None else "torch"

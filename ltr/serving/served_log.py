@@ -144,11 +144,6 @@ def _plain(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """`records_table` as pandas, as `read_served_log` returns the written parts."""
-    return _plain(records_table(records).to_pandas())
-
-
 def read_served_log(log_dir: str | Path) -> pd.DataFrame:
     """Every part under `log_dir` as one frame (parts with other feature lists align by name, NaN elsewhere)."""
     parts = sorted(Path(log_dir).rglob("served-*.parquet"))
@@ -158,4 +153,4 @@ def read_served_log(log_dir: str | Path) -> pd.DataFrame:
     return pd.concat([_plain(pd.read_parquet(p)) for p in parts], ignore_index=True)
 
 
-__all__ = ["ServedLog", "read_served_log", "records_frame", "records_table"]
+__all__ = ["ServedLog", "read_served_log", "records_table"]
