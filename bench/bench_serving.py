@@ -273,7 +273,7 @@ def full_ce_orders(prep: dict, reqs: list[dict]) -> tuple[list[list[str]], dict[
     state = app.state.service
 
     def orders() -> list[list[str]]:
-        return [[x.product_id for x in rank_request(state, RankRequest(**_body(r))).results] for r in reqs]
+        return [[x["product_id"] for x in rank_request(state, RankRequest(**_body(r)))["results"]] for r in reqs]
 
     try:
         full, curve = orders(), {}

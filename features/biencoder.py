@@ -90,7 +90,7 @@ class BiEncoder:
             have.update(zip(rest, got))
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return np.stack([have[t] for t in texts])
+        return np.array([have[t] for t in texts])
 
     def cosine(self, queries: Sequence[str], texts: Sequence[str], batch_size: int = 64,
                progress: bool = False) -> np.ndarray:
@@ -99,8 +99,12 @@ class BiEncoder:
         every new query it meets; the products are the expensive, reusable side."""
         if len(queries) != len(texts):
             raise ValueError(f"queries ({len(queries)}) and texts ({len(texts)}) must have the same length.")
-        q = self.encoder.embed([str(t) for t in queries], self.max_length, batch_size, progress, "bi-encoder") \
+        # each distinct query embedded (or looked up) once, then repeated: a request is one query 100 times
+        queries = [str(t) for t in queries]
+        pos = {t: i for i, t in enumerate(dict.fromkeys(queries))}
+        q = self.encoder.embed(list(pos), self.max_length, batch_size, progress, "bi-encoder") \
             if len(queries) else np.zeros((0, self.dim), np.float32)
+        q = q[[pos[t] for t in queries]]
         d = self.encode(texts, batch_size, progress)
         return row_cosine(q, d).astype(np.float32)
 

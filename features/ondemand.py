@@ -80,20 +80,32 @@ class LRUCache:
         self.misses = 0
 
     def get(self, key):
-        with self._lock:
-            if key in self._d:
-                self._d.move_to_end(key)
-                self.hits += 1
-                return self._d[key]
-            self.misses += 1
-            return None
+        return self.get_many((key,))[0]
 
     def put(self, key, value) -> None:
+        self.put_many([(key, value)])
+
+    def get_many(self, keys) -> list:
+        """get() of each key under one lock (a request's candidates at once); None where absent."""
+        out, hits = [], 0
+        with self._lock:
+            d = self._d
+            for k in keys:
+                v = d.get(k)
+                if v is not None:
+                    d.move_to_end(k)
+                    hits += 1
+                out.append(v)
+            self.hits, self.misses = self.hits + hits, self.misses + len(out) - hits
+        return out
+
+    def put_many(self, items) -> None:
         if self.maxsize == 0:
             return
         with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
+            for key, value in items:
+                self._d[key] = value
+                self._d.move_to_end(key)
             while len(self._d) > self.maxsize:
                 self._d.popitem(last=False)
 
@@ -318,7 +330,7 @@ class OnDemandFeatures:
             for i, row in zip(todo, fresh):
                 rows[i] = row
                 self.lex_cache.put((query, int(docs[i])), row)
-        return np.vstack(rows)
+        return np.array(rows)
 
     def family_values(self, family: str, queries: Sequence[str], docs: np.ndarray,
                       progress: bool = False) -> np.ndarray:

@@ -76,6 +76,13 @@ class SqliteReader:
             self._con, self._ident = con, (st.st_dev, st.st_ino)
         return self._con
 
+    def version(self) -> tuple[int, int, int, int]:
+        """The file's (device, inode, size, mtime) now: values read from it stay valid while this is unchanged
+        (one stat). Raises FeatureStoreError when the file is missing."""
+        with self._lock:
+            self._connection()
+            return self._version
+
     def _fetch(self, view: str, keys: list[bytes], feats: list[str]) -> np.ndarray:
         """Rows of `keys` from the file (caller holds the lock), decoded into a (keys, feats) matrix."""
         sql = (f'SELECT entity_key, feature_name, value FROM "{self.project}_{view}" '
@@ -100,30 +107,28 @@ class SqliteReader:
     def _view_matrix(self, view: str, keys: list[tuple[str, ...]], feats: list[str],
                      join_keys: list[str]) -> np.ndarray:
         """Values of `feats` for each entity (a tuple of its join key values; NaN where absent): cached rows,
-        then one SELECT for the rest. The cache is keyed by the values, so a warm request encodes no key."""
-        with self._lock:
-            self._connection()  # checks the file; clears the cache if it changed
-            cache = self._cache.setdefault((view, tuple(feats)), OrderedDict())
-            rows = [cache.get(k) for k in keys]
-            todo = list(dict.fromkeys(k for k, r in zip(keys, rows) if r is None))
-            if todo:
-                ek = encode_key_columns({j: [t[i] for t in todo] for i, j in enumerate(join_keys)})
-                fresh = dict(zip(todo, self._fetch(view, ek, feats)))
-                rows = [fresh[k] if r is None else r for k, r in zip(keys, rows)]
-                cache.update(fresh)
-                while len(cache) > self.cache_entries:
-                    cache.popitem(last=False)
-            return np.stack(rows) if rows else np.zeros((0, len(feats)))
+        then one SELECT for the rest (caller holds the lock and has checked the file). The cache is keyed by
+        the values, so a warm request encodes no key."""
+        cache = self._cache.setdefault((view, tuple(feats)), OrderedDict())
+        rows = [cache.get(k) for k in keys]
+        todo = list(dict.fromkeys(k for k, r in zip(keys, rows) if r is None))
+        if todo:
+            ek = encode_key_columns({j: [t[i] for t in todo] for i, j in enumerate(join_keys)})
+            fresh = dict(zip(todo, self._fetch(view, ek, feats)))
+            rows = [fresh[k] if r is None else r for k, r in zip(keys, rows)]
+            cache.update(fresh)
+            while len(cache) > self.cache_entries:
+                cache.popitem(last=False)
+        return np.array(rows) if rows else np.zeros((0, len(feats)))  # np.array: a third of np.stack's cost
 
     def read(self, query_id: str, product_ids: list[str], views: ViewSpec) -> dict[str, np.ndarray]:
-        """Feature name -> values in `product_ids` order (NaN where the store has no row)."""
+        """View -> (len(product_ids), its features) matrix in `product_ids` order, NaN where the store has no
+        row. The file is checked once per read, not once per view."""
         values = {"query_id": [query_id] * len(product_ids), "product_id": product_ids}
-        out: dict[str, np.ndarray] = {}
-        for v, (keys, feats) in views.items():
-            sub = self._view_matrix(v, list(zip(*(values[k] for k in keys))), feats, list(keys))
-            for j, f in enumerate(feats):
-                out[f] = sub[:, j]
-        return out
+        with self._lock:
+            self._connection()  # checks the file; clears the cache if it changed
+            return {v: self._view_matrix(v, list(zip(*(values[k] for k in keys))), feats, list(keys))
+                    for v, (keys, feats) in views.items()}
 
 
 __all__ = ["SqliteReader"]

@@ -94,6 +94,7 @@ class LtrStore:
         self.fs = FeatureStore(repo_path=str(self.store_dir))
         self.views = self._present_views()
         self._reader: SqliteReader | None = None
+        self._plans: dict[tuple[str, ...], Any] = {}
         self.objects = self.repo.definitions(self.features_dir, self.cfg.windows_days, views=self.views,
                                              labeler_priority=self.cfg.labeler_priority)
 
@@ -193,8 +194,9 @@ class LtrStore:
             feats = self.repo.view_features(self.cfg.windows_days)
             wanted = {v: (self.repo.VIEW_KEYS[v], feats[v]) for v in (views or self.views)}
             pids = [str(p) for p in product_ids]
-            vals = self._fast_reader().read(query_id, pids, wanted)
-            return pd.DataFrame({"query_id": [query_id] * len(pids), "product_id": pids, **vals})
+            mats = self._fast_reader().read(query_id, pids, wanted)
+            cols = {f: m[:, j] for v, m in mats.items() for j, f in enumerate(wanted[v][1])}
+            return pd.DataFrame({"query_id": [query_id] * len(pids), "product_id": pids, **cols})
         rows = [{"query_id": query_id, "product_id": str(p)} for p in product_ids]
         refs = self.feature_refs(views)
         res = self.fs.get_online_features(features=refs, entity_rows=rows).to_df()
@@ -207,13 +209,35 @@ class LtrStore:
     def online_matrix(self, query_id: str, product_ids: list[str], features: list[str]) -> np.ndarray:
         """The serving read: `features` (all served by this store) for each candidate, as a float matrix in
         `product_ids` order, NaN where absent; no frame is built on the fast path."""
-        if fast_read_supported(self.fs.config):
-            feats = self.repo.view_features(self.cfg.windows_days)
-            wanted = {v: (self.repo.VIEW_KEYS[v], [f for f in feats[v] if f in features]) for v in self.views}
-            vals = self._fast_reader().read(query_id, [str(p) for p in product_ids],
-                                            {v: w for v, w in wanted.items() if w[1]})
-            return np.column_stack([vals[f] for f in features]) if features else np.zeros((len(product_ids), 0))
-        return self.get_online_features(query_id, product_ids, fast=False)[features].to_numpy(np.float64)
+        plan = self._matrix_plan(tuple(features))
+        if plan is None:
+            return self.get_online_features(query_id, product_ids, fast=False)[features].to_numpy(np.float64)
+        wanted, cols = plan
+        out = np.full((len(product_ids), len(features)), np.nan)
+        for v, m in self._fast_reader().read(query_id, [str(p) for p in product_ids], wanted).items():
+            out[:, cols[v]] = m
+        return out
+
+    def online_version(self) -> tuple | None:
+        """What the online values depend on, as cheap to ask as one stat of the file: a caller may keep values
+        read while it is unchanged (the service's row cache). None: this store cannot say (Redis, versioned
+        tables). Raises FeatureStoreError when the file is missing."""
+        if self._matrix_plan(()) is None:
+            return None
+        return self._fast_reader().version()
+
+    def _matrix_plan(self, features: tuple[str, ...]) -> tuple[dict, dict[str, list[int]]] | None:
+        """Per view, its features among `features` and their columns in the output (None: no fast read), worked
+        out once per feature list: the service asks with the same list on every request."""
+        if features not in self._plans:
+            plan = None
+            if fast_read_supported(self.fs.config):
+                feats, col = self.repo.view_features(self.cfg.windows_days), {f: j for j, f in enumerate(features)}
+                wanted = {v: (self.repo.VIEW_KEYS[v], [f for f in feats[v] if f in col]) for v in self.views}
+                wanted = {v: w for v, w in wanted.items() if w[1]}
+                plan = wanted, {v: [col[f] for f in w[1]] for v, w in wanted.items()}
+            self._plans[features] = plan
+        return self._plans[features]
 
     def _fast_reader(self) -> SqliteReader:
         """One reader per store: its open connection and page cache are what make repeated reads cheap."""

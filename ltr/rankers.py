@@ -210,12 +210,12 @@ class XGBLambdaMART(_RankerBase):
 
     def _predict_matrix(self, X: np.ndarray) -> np.ndarray:
         booster = self.model_.get_booster()
-        if getattr(self, "_serving_booster", None) is not booster:  # one thread: 100 rows do not split well
-            booster.set_param({"nthread": 1})
+        if getattr(self, "_serving_booster", None) is not booster:  # worked out once per booster
+            booster.set_param({"nthread": 1})  # one thread: 100 rows do not split well
+            best = getattr(self.model_, "best_iteration", None)  # as XGBRanker.predict; raises inside when absent
+            self._serving_range = (0, best + 1) if best is not None else (0, 0)
             self._serving_booster = booster
-        best = getattr(self.model_, "best_iteration", None)  # what XGBRanker.predict uses
-        return booster.inplace_predict(X, iteration_range=(0, best + 1) if best is not None else (0, 0),
-                                       validate_features=False)
+        return booster.inplace_predict(X, iteration_range=self._serving_range, validate_features=False)
 
     def feature_importance(self, importance_type: str = "gain") -> dict[str, float]:
         score = self.model_.get_booster().get_score(importance_type=importance_type)

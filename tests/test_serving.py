@@ -27,7 +27,7 @@ from features.product import PRODUCT_FEATURES, product_features
 from features.store import LtrStore
 from ltr import tracking as T
 from ltr.data.schemas import query_id
-from ltr.serving.app import create_app
+from ltr.serving.app import RankResponse, create_app
 from ltr.serving.model import ServingError, check_bi_encoder, load_ranker
 from ltr.serving.served_log import read_served_log
 from tests.fixtures.serving_world import ENG, build_world
@@ -106,6 +106,8 @@ def test_rank_equals_model_on_offline_features(world, client):
     r = client.post("/v1/rank", json={"query": q, "product_ids": pids, "request_id": "req-offline"})
     assert r.status_code == 200, r.text
     body = r.json()
+    RankResponse.model_validate(body, strict=True)  # the body is built by hand: it must keep the documented schema
+    assert r.headers["content-type"] == "application/json"
     assert body["store"] == "ok" and body["model_version"] == "1" and body["n_candidates"] == len(pids)
     scores = [x["score"] for x in body["results"]]
     assert (scores == sorted(scores, reverse=True)
@@ -184,6 +186,29 @@ def test_health_and_metrics(world, client):
                       ('ltr_rank_errors_total{kind="validation"}', 1), ("ltr_rank_latency_seconds_count", 1)):
         assert val(m.text, name) == val(before, name) + inc, name
     assert 'ltr_model_info{name="ltr-serving-test",version="1"} 1.0' in m.text
+
+
+def test_row_cache_serves_the_rows_it_would_assemble_until_the_store_file_changes(world, client):
+    live = client.app.state.service.live
+    a = live.assembler
+    q = world["ds"].judgments["query"].iloc[-1]
+    pids = _cands(world, q)
+    docs = live.ondemand.positions(pids)
+    a.matrix(q, pids, docs, skip=("ce",))
+    hits, misses = a.row_cache.hits, a.row_cache.misses
+    cached, info = a.matrix(q, pids, docs, skip=("ce",))
+    assert (a.row_cache.hits - hits, a.row_cache.misses - misses) == (len(pids), 0) and info["store"] == "ok"
+    fresh, _ = a._assemble(q, pids, docs, ("ce",))
+    np.testing.assert_array_equal(cached, fresh)            # the very values the store and features give now
+    assert np.isfinite(cached[:, [a.features.index(f) for f in ENG]]).any()
+    online = world["feat"] / "feast" / "online.db"
+    st = os.stat(online)
+    os.utime(online, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed (as a materialize does)
+    misses = a.row_cache.misses
+    again, _ = a.matrix(q, pids, docs, skip=("ce",))
+    assert a.row_cache.misses - misses == len(pids)         # every row assembled again from the file
+    np.testing.assert_array_equal(again, fresh)
+    assert client.get("/health").json()["row_cache"]["hits"] >= len(pids)
 
 
 def test_cross_encoder_cache_hits_on_repeat(world, client):

@@ -30,6 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 
 from features.ondemand import OnDemandFeatures, family_of
 from ltr.data.dataset import read_table
@@ -266,8 +267,10 @@ def _degraded_reasons(r: Ranked, live: LiveModel) -> list[str]:
     return out
 
 
-def rank_request(state: ServiceState, req: RankRequest, started: float | None = None) -> RankResponse | JSONResponse:
-    """POST /v1/rank, as a plain function of the state so it can run (and be tested) without HTTP."""
+def rank_request(state: ServiceState, req: RankRequest, started: float | None = None) -> dict[str, Any] | JSONResponse:
+    """POST /v1/rank, as a plain function of the state so it can run (and be tested) without HTTP: the body of a
+    RankResponse as plain values (built without a pydantic object per candidate, which cost ~0.4 ms of a ~5 ms
+    request; the schema is still RankResponse's, tested), or the 422 problem."""
     started = time.monotonic() if started is None else started
     live = state.live  # once: a reload meanwhile does not mix versions within this request
     q, ids = req.query.strip(), [str(p) for p in req.product_ids]
@@ -284,18 +287,18 @@ def rank_request(state: ServiceState, req: RankRequest, started: float | None = 
     except Exception:
         state.metrics.failed()
         raise
-    k = min(req.top_k or len(ids), len(ids))
-    results = [RankedItem(product_id=ids[i], score=float(r.scores[i]), rank=n + 1, phase=int(r.phase[i]))
-               for n, i in enumerate(r.order[:k])]
+    top = r.order[: min(req.top_k or len(ids), len(ids))]
+    results = [{"product_id": ids[i], "score": s, "rank": n, "phase": ph}
+               for n, (i, s, ph) in enumerate(zip(top.tolist(), r.scores[top].tolist(), r.phase[top].tolist()), 1)]
     reasons = _degraded_reasons(r, live)
     if state.served_log is not None:
         state.served_log.put(_log_record(rid, q, ids, live, r))
     took = time.monotonic() - started
     state.metrics.served(took, len(ids), r, bool(reasons))
-    return RankResponse(request_id=rid, query_id=query_id(q), model_version=live.version, results=results,
-                        n_candidates=len(ids), store=r.store, degraded=bool(reasons), degraded_reasons=reasons,
-                        ce_wanted=r.ce_wanted, ce_scored=r.ce_scored, cold_route=r.cold_route,
-                        took_ms=round(took * 1000, 3))
+    return {"request_id": rid, "query_id": query_id(q), "model_version": live.version, "results": results,
+            "n_candidates": len(ids), "store": r.store, "degraded": bool(reasons), "degraded_reasons": reasons,
+            "ce_wanted": r.ce_wanted, "ce_scored": r.ce_scored, "cold_route": r.cold_route,
+            "took_ms": round(took * 1000, 3)}
 
 
 def _store_health(store: Any) -> dict[str, Any]:
@@ -333,6 +336,7 @@ def health_report(state: ServiceState) -> dict[str, Any]:
             "reload": reload, "features": a.features, "feature_sources": a.sources, "missing_features": a.missing,
             "store": st, "n_products": len(state.known), "limits": state.cfg.model_dump(exclude={"log"}),
             "ce_cache": {"size": len(cache), "hits": cache.hits, "misses": cache.misses},
+            "row_cache": {"size": len(a.row_cache), "hits": a.row_cache.hits, "misses": a.row_cache.misses},
             "ce_batcher": {**live.batcher.stats, **live.batcher.pending()} if live.batcher else None,
             "served_log": None if log is None else {"written_records": log.written_records, "parts": log.parts,
                                                     "dropped": log.dropped, "errors": log.errors}}
@@ -350,7 +354,10 @@ def _add_routes(app: FastAPI, state: ServiceState) -> None:
 
     @app.post("/v1/rank", response_model=RankResponse)
     def rank(req: RankRequest):
-        return rank_request(state, req)
+        out = rank_request(state, req)  # a body in RankResponse's schema, serialized here in one step
+        if isinstance(out, Response):
+            return out
+        return Response(to_json(out, inf_nan_mode="null"), media_type="application/json")
 
     @app.get("/health")
     def health() -> dict[str, Any]:

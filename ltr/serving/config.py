@@ -43,6 +43,8 @@ class ServingConfig(StrictConfig):
     ce_backend: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"] = "auto"
     #: requests computing their first phase at once, let in in arrival order (ltr/serving/gate.py); 0: no gate
     cpu_slots: int = Field(1, ge=0)
+    #: assembled feature rows kept per (query, product) while the online store's file is unchanged (0: none)
+    row_cache_rows: int = Field(50_000, ge=0)
     #: pairs per cross-encoder forward pass, drawn from all waiting requests
     ce_batch_size: int = Field(16, ge=1)
     #: requests waiting for the cross-encoder at once; beyond it a request is served from the first phase

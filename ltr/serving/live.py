@@ -65,7 +65,8 @@ def _remember(ondemand: OnDemandFeatures):
 def build_live(lm: LoadedModel, ondemand: OnDemandFeatures, store: Any, cfg: ServingConfig,
                on_missing: str = "error", warm: bool = True) -> LiveModel:
     """Assemble a model's serving parts; `ondemand` must already score with `lm`'s cross-encoder."""
-    assembler = FeatureAssembler(lm.features, ondemand, store, on_missing=on_missing)
+    assembler = FeatureAssembler(lm.features, ondemand, store, on_missing=on_missing,
+                                 row_cache_rows=cfg.row_cache_rows)
     if warm:
         assembler.warm()
     ce_col = lm.features.index(CE_FEATURE) if CE_FEATURE in lm.features else None
