@@ -104,8 +104,8 @@ class FeatureAssembler:
         info: dict[str, Any] = {"store": "none" if self.store is None or not self.store_features else "ok"}
         if miss:
             sub, info = self._assemble(query, [product_ids[i] for i in miss], docs[miss], skip)
-            if info["store"] != "error":
-                self.row_cache.put_many((keys[i], row) for i, row in zip(miss, sub))
+            if info["store"] != "error":  # copies: a row view would keep its request's whole matrix alive
+                self.row_cache.put_many((keys[i], row.copy()) for i, row in zip(miss, sub))
             for i, row in zip(miss, sub):
                 rows[i] = row
         return (np.array(rows) if rows else np.zeros((0, len(self.features)))), info
