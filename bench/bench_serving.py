@@ -6,7 +6,8 @@ Setup (all real, built once under --work and reused): the shared ESCI sample as 
 engagement (word overlap, `ltr.sim.sessions`); its queries split 2/3 train, 1/3 held out; a MiniLM cross-
 encoder fine-tuned on the train queries' grades (64 tokens, 1 epoch); Feast features (lexical, product,
 engagement) materialized into the SQLite online store; every catalog product embedded with the bi-encoder
-into an embedding cache, as `ltr features build` leaves it; the cross-encoder's ONNX int8 export, as
+into an embedding cache, and the bi-encoder's ONNX export beside it (new queries), as `ltr features build`
+leaves them; the cross-encoder's ONNX int8 export, as
 registration leaves it; an XGBoost LambdaMART on lexical + product + bienc_cos + ce_score + engagement
 trained on the train queries and registered as champion.
 
@@ -72,11 +73,13 @@ def prepare(work: Path, esci: Path, seed: int = 0) -> dict:
     """Dataset, cross-encoder, features + online store, catalog embeddings and the registered champion."""
     import torch
 
+    from features.biencoder import default_biencoder
     from features.build import build_features
     from features.config import FeaturesConfig
     from features.crossencoder import CrossEncoderConfig, fine_tune_cross_encoder
     from features.crossencoder.onnx_export import build_int8
     from features.ondemand import ONDEMAND_FEATURES, OnDemandFeatures
+    from features.query_encoder import export_query_encoder
     from features.store import LtrStore
     from ltr import tracking as T
     from ltr.data.dataset import Dataset
@@ -87,7 +90,9 @@ def prepare(work: Path, esci: Path, seed: int = 0) -> dict:
     torch.set_num_threads(2)
     info_path = work / "prepared.json"
     if info_path.exists():
-        return json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text())
+        export_query_encoder(default_biencoder(), Path(info["embeddings"]))  # a setup made before it existed
+        return info
     ds_dir, feat, ce, emb = work / "dataset", work / "features", work / "ce", work / "embeddings"
     load_esci(esci, ds_dir)
     simulate_engagement(ds_dir, seed=seed, relevance="lexical", progress=False)
@@ -102,6 +107,7 @@ def prepare(work: Path, esci: Path, seed: int = 0) -> dict:
     store = LtrStore(feat).apply()
     store.bulk_materialize(progress=False)
     OnDemandFeatures(ds.products, None, "default", embedding_cache=emb).precompute_product_embeddings(progress=True)
+    export_query_encoder(default_biencoder(), emb)  # as `ltr features build` leaves it: new queries in ONNX
     od = OnDemandFeatures(ds.products, ce, "default", embedding_cache=emb)
     X = od.compute(train[["query", "product_id"]], progress=True)[list(ONDEMAND_FEATURES)]
     X = pd.concat([X, _engagement(store, train)], axis=1)

@@ -13,6 +13,7 @@ import copy
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ from ltr.data.embedding_cache import EmbeddingCache, embed_cached, model_identit
 from ltr.data.encoder import TextEncoder, default_encoder_path, row_cosine
 
 from .text import pair_texts
+
+if TYPE_CHECKING:
+    from .query_encoder import OnnxQueryEncoder
 
 
 def _default_max_length(path: Path) -> int:
@@ -47,6 +51,7 @@ class BiEncoder:
         self.max_length = int(max_length or _default_max_length(self.path))
         self.disk_cache: EmbeddingCache | None = None
         self.chunk_texts = 8192
+        self.query_encoder: OnnxQueryEncoder | None = None  # queries in ONNX Runtime (with_onnx_queries)
 
     def cached(self, root: str | Path, chunk_texts: int = 8192) -> BiEncoder:
         """This encoder (same model, same in-memory memo) reading and writing embeddings under `root`.
@@ -57,6 +62,17 @@ class BiEncoder:
         other = copy.copy(self)
         other.disk_cache = EmbeddingCache(root, model_identity(self.path, self.max_length), self.dim)
         other.chunk_texts = int(chunk_texts)
+        return other
+
+    def with_onnx_queries(self, cache_root: str | Path | None) -> BiEncoder | None:
+        """This encoder with queries embedded by ONNX Runtime from the export under `cache_root`
+        (features/query_encoder.py), or None when there is none. Products are unchanged."""
+        from .query_encoder import OnnxQueryEncoder, query_encoder_file
+        path = query_encoder_file(cache_root, self.path, self.max_length) if cache_root is not None else None
+        if path is None or not path.exists():
+            return None
+        other = copy.copy(self)
+        other.query_encoder = OnnxQueryEncoder(path, self.encoder.tok, self.max_length, self.dim)
         return other
 
     @property
@@ -102,8 +118,12 @@ class BiEncoder:
         # each distinct query embedded (or looked up) once, then repeated: a request is one query 100 times
         queries = [str(t) for t in queries]
         pos = {t: i for i, t in enumerate(dict.fromkeys(queries))}
-        q = self.encoder.embed(list(pos), self.max_length, batch_size, progress, "bi-encoder") \
-            if len(queries) else np.zeros((0, self.dim), np.float32)
+        if not queries:
+            q = np.zeros((0, self.dim), np.float32)
+        elif self.query_encoder is not None:
+            q = self.query_encoder.embed(list(pos))
+        else:
+            q = self.encoder.embed(list(pos), self.max_length, batch_size, progress, "bi-encoder")
         q = q[[pos[t] for t in queries]]
         d = self.encode(texts, batch_size, progress)
         return row_cosine(q, d).astype(np.float32)

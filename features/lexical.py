@@ -99,14 +99,21 @@ def attribute_match(query_tokens: list[str], value: object) -> tuple[float, floa
     exact: the whole value appears as a phrase in the query (plural-folded); partial: the share of the
     value's tokens that appear in the query. (NaN, NaN) when the product has no value.
     """
-    vt = [fold_plural(t) for t in tokenize(value)]
+    folded = [fold_plural(t) for t in query_tokens]
+    return _folded_match(folded, set(folded), _folded_tokens(value))
+
+
+def _folded_tokens(value: object) -> list[str]:
+    return [fold_plural(t) for t in tokenize(value)]
+
+
+def _folded_match(qt: list[str], qs: set[str], vt: list[str]) -> tuple[float, float]:
+    """attribute_match on tokens already folded: a request folds its query once and the catalog's values
+    once, not once per candidate and attribute (that was ~a third of a new query's lexical features)."""
     if not vt:
         return float("nan"), float("nan")
-    qt = [fold_plural(t) for t in query_tokens]
     exact = 1.0 if _phrase_in(vt, qt) else 0.0
-    qs = set(qt)
-    partial = sum(1 for t in vt if t in qs) / len(vt)
-    return exact, partial
+    return exact, sum(1 for t in vt if t in qs) / len(vt)
 
 
 def product_type(category: object) -> str | None:
@@ -117,10 +124,11 @@ def product_type(category: object) -> str | None:
     return parts[-1] if parts else None
 
 
-def _coverage(q_terms: list[str], doc_terms: set[str]) -> float:
-    if not q_terms:
+def _coverage(folded_terms: list[str], doc_terms: set[str]) -> float:
+    """Share of the query's content terms (plural-folded by the caller) the product mentions."""
+    if not folded_terms:
         return float("nan")
-    return sum(1 for t in q_terms if fold_plural(t) in doc_terms) / len(q_terms)
+    return sum(1 for t in folded_terms if t in doc_terms) / len(folded_terms)
 
 
 def _num_features(q_nu: set[tuple[float, str]], p_nu: set[tuple[float, str]]) -> tuple[float, float]:
@@ -162,13 +170,15 @@ class LexicalIndex:
             return list(prods[name]) if name in prods.columns else [None] * len(prods)
 
         titles, bullets, descs = col("title"), col("bullet_points"), col("description")
-        self.brands, self.colors, cats = col("brand"), col("color"), col("category")
+        brands, colors, cats = col("brand"), col("color"), col("category")
         self.idx = {"title": _FieldIndex(titles), "bullets": _FieldIndex(bullets), "desc": _FieldIndex(descs)}
         self.p_title_terms = [{fold_plural(t) for t in tokenize(x)} for x in titles]
         self.p_all_terms = [{fold_plural(t) for t in tokenize(" ".join(str(v) for v in vals if isinstance(v, str)))}
-                            for vals in zip(titles, bullets, descs, self.brands, self.colors, cats)]
+                            for vals in zip(titles, bullets, descs, brands, colors, cats)]
         self.p_nu = [number_units(t) | number_units(b) for t, b in zip(titles, bullets)]
         self.p_type = [product_type(c) for c in cats]
+        # brand, color and type of each product, tokenised and folded once for every query to come
+        self.p_attrs = [tuple(_folded_tokens(v) for v in vals) for vals in zip(brands, colors, self.p_type)]
 
     def features(self, query: str, docs: np.ndarray) -> np.ndarray:
         """(len(docs), len(LEXICAL_FEATURES)) for one query against catalog row positions `docs`."""
@@ -176,16 +186,16 @@ class LexicalIndex:
         q_terms = content_terms(q_tokens)
         q_nu = number_units(query)
         bm = {k: v.scores(q_terms)[docs] for k, v in self.idx.items()}
+        qt = [fold_plural(t) for t in q_tokens]
+        qs, folded_terms = set(qt), [fold_plural(t) for t in q_terms]
         out = np.full((len(docs), len(LEXICAL_FEATURES)), np.nan)
         for j, d in enumerate(docs):
-            be, bp = attribute_match(q_tokens, self.brands[d])
-            ce, cp = attribute_match(q_tokens, self.colors[d])
-            te, tp = attribute_match(q_tokens, self.p_type[d])
+            (be, bp), (ce, cp), (te, tp) = (_folded_match(qt, qs, vt) for vt in self.p_attrs[d])
             nm, nc = _num_features(q_nu, self.p_nu[d])
             out[j] = (
                 bm["title"][j], np.nan if self.idx["bullets"].empty[d] else bm["bullets"][j],
                 np.nan if self.idx["desc"].empty[d] else bm["desc"][j],
-                _coverage(q_terms, self.p_title_terms[d]), _coverage(q_terms, self.p_all_terms[d]),
+                _coverage(folded_terms, self.p_title_terms[d]), _coverage(folded_terms, self.p_all_terms[d]),
                 float(len(q_terms)), be, bp, ce, cp, te, tp, nm, nc,
             )
         return out

@@ -51,6 +51,7 @@ class OnDemandError(ValueError):
 
 
 ENGAGEMENT_PREFIXES = ("eng_qp_", "eng_p_")
+QUERY_BACKENDS = ("torch", "onnx", "auto")
 
 
 def is_engagement(feature: str) -> bool:
@@ -124,13 +125,17 @@ class OnDemandFeatures:
     CrossEncoderScorer / BiEncoder; None means that feature cannot be computed (bi_encoder="default"
     loads all-MiniLM-L6-v2 on first use). ce_backend: CrossEncoderScorer's backend (torch, torch-bf16,
     onnx, onnx-int8) when cross_encoder is a path. embedding_cache: an embedding cache root
-    (ltr.data.embedding_cache) the bi-encoder reads product embeddings from and adds to. Heavy state is built
-    lazily, per feature family.
+    (ltr.data.embedding_cache) the bi-encoder reads product embeddings from and adds to. query_backend: how
+    the bi-encoder embeds queries: "torch" (as the offline build), "onnx" (ONNX Runtime from the export
+    under `embedding_cache`, features/query_encoder.py; an error without one) or "auto" (onnx when the export
+    is there). Heavy state is built lazily, per feature family.
     """
 
     def __init__(self, products: pd.DataFrame, cross_encoder=None, bi_encoder=None,
                  ce_cache_size: int = 100_000, batch_size: int = 64, ce_backend: str = "torch",
-                 embedding_cache: str | Path | None = None) -> None:
+                 embedding_cache: str | Path | None = None, query_backend: str = "torch") -> None:
+        if query_backend not in QUERY_BACKENDS:
+            raise OnDemandError(f"query_backend {query_backend!r} is not one of {QUERY_BACKENDS}. Fix: pick one.")
         if not isinstance(products, pd.DataFrame):
             raise OnDemandError(f"products must be a DataFrame (the PRODUCTS table), got {type(products).__name__}."
                                 " Fix: pass pd.read_parquet('DATASET/products.parquet').")
@@ -151,6 +156,7 @@ class OnDemandFeatures:
         self.batch_size = batch_size
         self.ce_backend = ce_backend
         self.embedding_cache = embedding_cache
+        self.query_backend = query_backend  # asked for; `bi_encoder_queries` says what runs
         self._lock = threading.RLock()
 
     def with_cross_encoder(self, cross_encoder, backend: str | None = None) -> OnDemandFeatures:
@@ -242,7 +248,24 @@ class OnDemandFeatures:
                             default_biencoder() if str(src) == "default" else BiEncoder(Path(src)))
                 if self.embedding_cache is not None:  # product embeddings the offline build stored are read
                     self._bi = self._bi.cached(self.embedding_cache)
+                if self.query_backend != "torch":
+                    self._bi = self._onnx_queries(self._bi)
             return self._bi
+
+    def _onnx_queries(self, bi):
+        fast = bi.with_onnx_queries(self.embedding_cache)
+        if fast is None and self.query_backend == "onnx":
+            raise OnDemandError("query_backend 'onnx' needs the bi-encoder's ONNX export under the embedding cache "
+                                f"({'none given' if self.embedding_cache is None else 'none found there'}). Fix: "
+                                "run `ltr features build` (it exports it), or use query_backend 'auto' or 'torch'.")
+        return fast or bi
+
+    @property
+    def bi_encoder_queries(self) -> str | None:
+        """How queries are embedded now: 'onnx' | 'torch' (None: no bi-encoder, or not loaded yet)."""
+        if self._bi is None:
+            return None
+        return "onnx" if self._bi.query_encoder is not None else "torch"
 
     # -- computing ---------------------------------------------------------------------------------------
     def positions(self, product_ids: Sequence[str], field: str = "product_ids") -> np.ndarray:

@@ -281,14 +281,17 @@ def features_build(dataset: Path = typer.Option(..., "--dataset"),
                        "RUN/cross_encoder/bienc_scores.parquet: reused instead of embedding the catalog again."),
                    config: Optional[Path] = ConfigOpt) -> None:
     """Compute lexical, product, engagement, content (bi-/cross-encoder) and label tables."""
+    from features.biencoder import default_biencoder
     from features.biencoder import score_pairs as bienc
     from features.build import build_features, read_content_scores
+    from features.query_encoder import export_query_encoder
     from ltr.data import Dataset
     from ltr.data.embedding_cache import default_cache_dir
     cfg = _config(config)
     ds = Dataset.load(dataset)
     content = (read_content_scores(content_scores) if content_scores else
                bienc(ds.candidates, ds.products, ds.queries, progress=True, cache_dir=default_cache_dir()))
+    export_query_encoder(default_biencoder(), default_cache_dir())  # how `ltr serve` embeds a new query
     if ce_model is not None:
         from features.crossencoder import CrossEncoderScorer, score_pairs
         ce = score_pairs(ds.candidates, ds.products, ds.queries, CrossEncoderScorer(ce_model), progress=True)

@@ -214,22 +214,25 @@ def _ce_chunk_scorer(cfg: RunConfig, ds: Dataset, scorer: Any, mdir: Path):
 
 
 def bi_encoder_scores(ds: Dataset, paths: RunPaths, client: Any = None) -> pd.DataFrame:
-    from features.biencoder import score_pairs
+    from features.biencoder import default_biencoder, score_pairs
+    from features.query_encoder import export_query_encoder
     from ltr.data.embedding_cache import default_cache_dir
     out_path = paths.ce / "bienc_scores.parquet"
     if out_path.exists() and len(pd.read_parquet(out_path, columns=["query_id"])) == len(ds.candidates):
-        return pd.read_parquet(out_path)
-    _log("stage cross-encoder: zero-shot bi-encoder cosine for every candidate")
-    # embeddings come from (and go to) the machine's embedding cache: a product embedded by an earlier run is read
-    if client is not None:  # compute.engine: dask: over partitions, the model loaded once per worker
-        from features.distributed_scoring import score_distributed
-        s = score_distributed(ds.candidates[["query_id", "product_id"]], ds.products, ds.queries, "bienc",
-                              client=client)
+        s = pd.read_parquet(out_path)
     else:
-        s = score_pairs(ds.candidates[["query_id", "product_id"]], ds.products, ds.queries, progress=True,
-                        cache_dir=default_cache_dir())
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    s.to_parquet(out_path, index=False)
+        _log("stage cross-encoder: zero-shot bi-encoder cosine for every candidate")
+        # embeddings come from (and go to) the machine's embedding cache: a product embedded earlier is read
+        if client is not None:  # compute.engine: dask: over partitions, the model loaded once per worker
+            from features.distributed_scoring import score_distributed
+            s = score_distributed(ds.candidates[["query_id", "product_id"]], ds.products, ds.queries, "bienc",
+                                  client=client)
+        else:
+            s = score_pairs(ds.candidates[["query_id", "product_id"]], ds.products, ds.queries, progress=True,
+                            cache_dir=default_cache_dir())
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        s.to_parquet(out_path, index=False)
+    export_query_encoder(default_biencoder(), default_cache_dir())  # how `ltr serve` embeds a new query
     return s
 
 

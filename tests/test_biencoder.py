@@ -77,3 +77,24 @@ def test_score_pairs_table_and_errors(enc):
         pair_texts(pairs.assign(query_id=["q9", "q1", "q2"]), PRODUCTS, QUERIES)
     with pytest.raises(ValueError, match="same length"):
         enc.cosine(["a"], ["b", "c"])
+
+
+def test_onnx_query_encoder_matches_torch_and_is_made_once(enc, tmp_path):
+    """The service's query path (features/query_encoder.py): ONNX Runtime embeds queries as torch does."""
+    from features.query_encoder import export_query_encoder, query_encoder_file
+
+    assert enc.with_onnx_queries(tmp_path) is None and enc.with_onnx_queries(None) is None   # nothing exported
+    path = export_query_encoder(enc, tmp_path)
+    assert path == query_encoder_file(tmp_path, enc.path, enc.max_length) and path.exists()
+    made = path.stat().st_mtime_ns
+    assert export_query_encoder(enc, tmp_path) == path and path.stat().st_mtime_ns == made   # found, not redone
+    assert export_query_encoder(enc, None) is None
+    fast = enc.with_onnx_queries(tmp_path)
+    assert fast.query_encoder is not None and enc.query_encoder is None    # a copy; the offline encoder unchanged
+    qs = ["running shoes", "kitchen towels", "running shoes", "a 32 oz stainless steel water bottle for kids"]
+    ts = [product_text(PRODUCTS.iloc[i]) for i in (0, 2, 1, 1)]
+    np.testing.assert_allclose(fast.cosine(qs, ts), enc.cosine(qs, ts), atol=1e-5)
+    q_onnx = fast.query_encoder.embed(qs)
+    np.testing.assert_allclose(q_onnx, enc.encoder.embed(qs, enc.max_length), atol=1e-5)
+    assert q_onnx.shape == (4, enc.dim) and np.allclose(np.linalg.norm(q_onnx, axis=1), 1.0, atol=1e-5)
+    assert fast.query_encoder.embed([]).shape == (0, enc.dim)

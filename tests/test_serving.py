@@ -309,6 +309,35 @@ def test_precomputed_product_embeddings_give_the_same_cosine(world):
     assert np.allclose(od.compute(pairs, ["bienc_cos"])["bienc_cos"], lazy["bienc_cos"], atol=1e-5)
 
 
+def test_new_queries_are_embedded_in_onnx_when_the_export_is_there(world, tmp_path):
+    """ServingConfig.query_backend: 'auto' takes the bi-encoder's export under the embedding cache (as `ltr
+    features build` leaves it) and serves the same cosines; 'onnx' without one refuses to start, naming the fix."""
+    from features.biencoder import BiEncoder
+    from features.ondemand import OnDemandError
+    from features.query_encoder import export_query_encoder
+
+    kw = dict(products=None, bi_encoder=world["ce"], max_candidates=MAX, tracking_uri=world["tracking"])
+    with pytest.raises(OnDemandError, match="ltr features build"):
+        create_app(world["uri"], world["feat"], embedding_cache=tmp_path / "empty", serving={"query_backend": "onnx"},
+                   **kw)
+    cache = tmp_path / "emb"
+    assert export_query_encoder(BiEncoder(world["ce"]), cache) is not None
+    app = create_app(world["uri"], world["feat"], embedding_cache=cache, serving={**EXACT, "query_backend": "onnx"},
+                     **kw)
+    q = "Pink YOGA mat 24 oz"
+    pids = list(world["ds"].products["product_id"][:20])
+    with TestClient(app) as c:
+        assert c.get("/health").json()["model"]["bi_encoder_queries"] == "onnx"
+        assert c.post("/v1/rank", json={"query": q, "product_ids": pids}).status_code == 200
+    live = app.state.service.live
+    X, _ = live.assembler.matrix(q + " again", pids, live.ondemand.positions(pids))
+    served = X[:, live.assembler.features.index("bienc_cos")]
+    offline = _offline_frame(world, q + " again", pids)["bienc_cos"].to_numpy()
+    np.testing.assert_allclose(served, offline, atol=1e-5)
+    with TestClient(world["app"]) as c:      # the module's service: no export in its cache, so torch
+        assert c.get("/health").json()["model"]["bi_encoder_queries"] == "torch"
+
+
 # --- a self-contained model: its cross-encoder and bi-encoder identity travel with it ----------------------
 
 def _register(world, name: str, ce_dir, bi_encoder, int8: bool = False) -> str:

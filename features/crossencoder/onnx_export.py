@@ -52,8 +52,9 @@ def _content_hash(model_dir: str, state: tuple) -> str:
     return h.hexdigest()[:12]
 
 
-def export_onnx(model, out_path: Path) -> Path:
-    """Export a sequence-classification model with dynamic batch and sequence axes (atomic write)."""
+def export_onnx(model, out_path: Path, output_name: str = "logits") -> Path:
+    """Export a BERT-style model (the cross-encoder's classifier, or the bi-encoder's encoder with
+    `output_name="last_hidden_state"`) with dynamic batch and sequence axes (atomic write)."""
     try:
         import onnxscript  # noqa: F401  (torch's exporter builds the graph with it)
     except ImportError as e:  # pragma: no cover
@@ -70,7 +71,7 @@ def export_onnx(model, out_path: Path) -> Path:
     with warnings.catch_warnings():  # torch-internal notes, not problems: the inputs share their axes, and a
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used")  # pytree deprecation
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-        program = torch.onnx.export(model, args, input_names=names, output_names=["logits"],
+        program = torch.onnx.export(model, args, input_names=names, output_names=[output_name],
                                     dynamic_shapes={n: {0: batch, 1: seq} for n in names},
                                     opset_version=18, dynamo=True, verbose=False)
     program.save(str(tmp), external_data=False)  # one file (< 2 GB), so the rename below is atomic

@@ -318,6 +318,7 @@ def _public_model(live: LiveModel) -> dict[str, Any]:
     d = live.model.describe()
     d["cross_encoder"] = Path(d["cross_encoder"]).name if d.get("cross_encoder") else None
     d["ce_backend"] = live.ondemand.ce_backend if d["cross_encoder"] else None
+    d["bi_encoder_queries"] = live.ondemand.bi_encoder_queries
     return d
 
 
@@ -420,7 +421,7 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
         from ltr.data.embedding_cache import default_cache_dir
         embedding_cache = default_cache_dir()
     base = OnDemandFeatures(catalog, cross_encoder=None, bi_encoder=bi_encoder, ce_cache_size=ce_cache_size,
-                            embedding_cache=embedding_cache)
+                            embedding_cache=embedding_cache, query_backend=cfg.query_backend)
     if warm:  # built once, shared by every model version this service loads
         base.warm([f for f in lm.features if family_of(f) != "ce"])
     if precompute_embeddings and "bienc_cos" in lm.features and bi_encoder is not None:

@@ -41,6 +41,10 @@ class ServingConfig(StrictConfig):
     #: (built at registration, ltr.tracking.ServingParts.cross_encoder_int8), else torch fp32; an explicit
     #: "onnx-int8" / "onnx" exports at start when the artifact lacks it (~26 s on 2 cores)
     ce_backend: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"] = "auto"
+    #: how a new query is embedded for `bienc_cos`: "auto" = ONNX Runtime when the bi-encoder's export is under
+    #: the embedding cache (`ltr features build` makes it; ~6 ms a query against torch's 13-17 ms on one AVX2
+    #: core, features/query_encoder.py), else torch; "onnx" refuses to start without it; "torch" as offline
+    query_backend: Literal["auto", "torch", "onnx"] = "auto"
     #: requests computing their first phase at once, let in in arrival order (ltr/serving/gate.py); 0: no gate
     cpu_slots: int = Field(1, ge=0)
     #: assembled feature rows kept per (query, product) while the online store's file is unchanged (0: none)
