@@ -379,6 +379,9 @@ def serve(model: str = typer.Option("models:/ltr-ranker@champion", "--model"),
                                                          "request; pairs not scored by then stay missing."),
           ce_backend: Optional[str] = typer.Option(None, "--ce-backend", help="auto (int8 when the model carries "
                                                    "it), torch, torch-bf16, onnx or onnx-int8."),
+          query_backend: Optional[str] = typer.Option(None, "--query-backend", help="How a new query is embedded: "
+                                                      "auto (ONNX Runtime when `ltr features build` exported the "
+                                                      "bi-encoder), torch or onnx."),
           reload_poll_s: Optional[float] = typer.Option(None, "--reload-poll-s", help="Seconds between checks of "
                                                         "the model alias in the registry (0: never reload)."),
           max_inflight: Optional[int] = typer.Option(None, "--max-inflight", help="Requests in progress at once; "
@@ -395,7 +398,7 @@ def serve(model: str = typer.Option("models:/ltr-ranker@champion", "--model"),
     from ltr.tracking import resolve_tracking_uri
     check_port(port)
     given = {"rerank_k": rerank_k, "ce_deadline_ms": ce_deadline_ms, "ce_backend": ce_backend,
-             "reload_poll_s": reload_poll_s, "max_inflight": max_inflight}
+             "query_backend": query_backend, "reload_poll_s": reload_poll_s, "max_inflight": max_inflight}
     cfg = _serving_config({k: v for k, v in given.items() if v is not None}, None)
     if run_dir is None and products is None:
         run_dir = Path("runs/default")
