@@ -155,6 +155,25 @@ def test_calibration_tells_a_pass_cost_from_a_pair_cost(world, scorer):
         b.close()
 
 
+@pytest.mark.parametrize("fill,first", [(0.8, 8), (0.9, 9), (1.0, 10)])
+def test_a_batch_is_sized_to_fill_a_share_of_the_time_left(world, scorer, fill, first):
+    """A batch delivers its pairs all at once: one sized to the whole time left gives its request nothing if
+    a slow moment makes it overrun, so by default it takes 90% of it and the rest go in the next batch."""
+    gate = threading.Event()
+    b = CrossEncoderBatcher(lambda q, t: (gate.wait(10), scorer.score(q, t))[1], batch_size=16,
+                            pair_seconds=0.01, fill=fill)
+    try:
+        qs, ts = _pairs(world, 10)
+        job = b.submit(qs, ts, time.monotonic() + 0.105)     # 10 pairs of 10 ms: fit only at fill 1
+        assert wait_for(lambda: job.inflight > 0, timeout=5)
+        assert job.inflight == first
+    finally:
+        gate.set()
+        b.close()
+    with pytest.raises(ValueError, match="fill"):
+        CrossEncoderBatcher(scorer.score, fill=1.5)
+
+
 def test_a_full_batcher_turns_work_away_instead_of_queueing(world, scorer):
     gate = threading.Event()
     b = CrossEncoderBatcher(lambda q, t: (gate.wait(10), scorer.score(q, t))[1], batch_size=2, max_jobs=2)
