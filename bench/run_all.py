@@ -22,10 +22,17 @@ CE_QUALITY_WITH_LLM_LABELS = ["--extra-labels", "runs/default", "--esci-target",
                               "--set", "epochs=1", "--set", "evals_per_epoch=2"]
 
 
+#: the ranking service as the serving issue (#12) found it: `bench_serving` runs it beside the current one
+SERVING_BASELINE_REV = "0f27b42"
+
+
 def extra_args(name: str) -> list[str]:
     """When `make run` has been run, the speed benchmark measures its fine-tuned cross-encoder and the
     held-out quality benchmark also trains on its LLM labels table (the figures the README reports);
-    otherwise a fresh-head MiniLM cross-encoder and ESCI grades alone."""
+    otherwise a fresh-head MiniLM cross-encoder and ESCI grades alone. The serving benchmark always runs the
+    baseline service beside (~7 min more), for ratios measured on the same machine and load."""
+    if name == "bench_serving":  # the serving issue's acceptance: its goals with ratios to the service it found
+        return ["--baseline-rev", SERVING_BASELINE_REV]
     ce = Path("runs/default/cross_encoder/llm_fold0")
     if name == "bench_crossencoder" and (ce / "config.json").exists():
         return ["--model", str(ce)]
