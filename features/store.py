@@ -222,7 +222,7 @@ class LtrStore:
         """What the online values depend on, as cheap to ask as one stat of the file: a caller may keep values
         read while it is unchanged (the service's row cache). None: this store cannot say (Redis, versioned
         tables). Raises FeatureStoreError when the file is missing."""
-        if self._matrix_plan(()) is None:
+        if not fast_read_supported(self.fs.config):
             return None
         return self._fast_reader().version()
 
