@@ -40,13 +40,12 @@ from .config import ServingConfig
 from .gate import FifoGate
 from .limits import RequestLimits
 from .live import LiveModel, build_live
+from .metrics import ServiceMetrics
 from .model import LoadedModel, ServingError, check_bi_encoder, load_ranker, public, serving_ce_backend
 from .phases import Ranked
 from .phases import rank as rank_phases
 from .reload import ModelWatcher
 from .served_log import ServedLog
-
-LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class RankRequest(BaseModel):
@@ -104,65 +103,6 @@ def load_products(products: pd.DataFrame | str | Path | None, features_dir: Path
     return read_table(p, PRODUCTS)
 
 
-class _Metrics:
-    """Prometheus metrics on a per-app registry (several apps in one process do not collide)."""
-
-    def __init__(self, state: ServiceState) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = r = CollectorRegistry()
-        self.requests = Counter("ltr_rank_requests", "POST /v1/rank requests by HTTP status", ["status"], registry=r)
-        self.errors = Counter("ltr_rank_errors", "failed rank requests by kind", ["kind"], registry=r)
-        self.latency = Histogram("ltr_rank_latency_seconds", "POST /v1/rank latency (server side)",
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.candidates = Histogram("ltr_rank_candidates", "candidates per rank request",
-                                    buckets=(1, 10, 25, 50, 100, 200, 500, 1000, 5000), registry=r)
-        self.store_errors = Counter("ltr_store_errors", "online store reads that failed (served without)",
-                                    registry=r)
-        self.degraded = Counter("ltr_rank_degraded", "responses served degraded", registry=r)
-        self.ce_pairs = Counter("ltr_ce_pairs", "second-phase pairs by outcome", ["outcome"], registry=r)
-        self.model_info = Gauge("ltr_model_info", "the live model", ["name", "version"], registry=r)
-        cache = lambda: state.live.ondemand.ce_cache  # noqa: E731 - the live model's, after a reload too
-        Gauge("ltr_ce_cache_hits", "cross-encoder cache hits", registry=r).set_function(lambda: cache().hits)
-        Gauge("ltr_ce_cache_misses", "cross-encoder cache misses", registry=r).set_function(lambda: cache().misses)
-        Gauge("ltr_ce_cache_size", "cross-encoder cache entries", registry=r).set_function(lambda: len(cache()))
-        Gauge("ltr_served_log_dropped", "served-log records dropped (writer behind)", registry=r).set_function(
-            lambda: state.served_log.dropped if state.served_log else 0)
-        Gauge("ltr_inflight", "rank requests in progress", registry=r).set_function(
-            lambda: state.limits.inflight if state.limits else 0)
-
-    def show_model(self, live: LiveModel) -> None:
-        labels = (live.model.name or live.model.uri, live.model.version or "")
-        if getattr(self, "_shown", None) not in (None, labels):
-            self.model_info.labels(*self._shown).set(0)  # the old version: no longer live
-        self.model_info.labels(*labels).set(1)
-        self._shown = labels
-
-    def rejected(self, status: int = 422) -> None:
-        self.errors.labels({413: "body_too_large", 503: "overloaded"}.get(status, "validation")).inc()
-        self.requests.labels(str(status)).inc()
-
-    def failed(self) -> None:
-        self.errors.labels("internal").inc()
-        self.requests.labels("500").inc()
-
-    def served(self, seconds: float, n_candidates: int, r: Ranked, degraded: bool) -> None:
-        self.latency.observe(seconds)
-        self.candidates.observe(n_candidates)
-        self.requests.labels("200").inc()
-        self.ce_pairs.labels("scored").inc(r.ce_scored)
-        self.ce_pairs.labels("missed").inc(r.ce_wanted - r.ce_scored)
-        if r.store == "error":
-            self.store_errors.inc()
-        if degraded:
-            self.degraded.inc()
-
-    def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
 class ServiceState:
     """Everything a request needs, loaded before the port opens. `live` is the one mutable part: a reload
     replaces it whole, and a request reads it once."""
@@ -174,15 +114,16 @@ class ServiceState:
         self.known = set(catalog["product_id"])
         self.watcher: ModelWatcher | None = None
         self.limits: RequestLimits | None = None
-        self.metrics = _Metrics(self)
-        self.metrics.show_model(live)
+        self.metrics = ServiceMetrics(ce_cache=lambda: self.live.ondemand.ce_cache,  # the live model's, reloads too
+                                      served_log=lambda: self.served_log, limits=lambda: self.limits)
+        self.metrics.show_model(*_model_labels(live))
         self._swap_lock = threading.Lock()
 
     def swap(self, new: LiveModel, grace_s: float = 5.0) -> None:
         """Make `new` live; the old model keeps serving the requests that already hold it, then stops."""
         with self._swap_lock:
             old, self.live = self.live, new
-            self.metrics.show_model(new)
+            self.metrics.show_model(*_model_labels(new))
         timer = threading.Timer(grace_s, old.close)
         timer.daemon = True
         timer.start()
@@ -193,6 +134,10 @@ class ServiceState:
         self.live.close()
         if self.served_log is not None:
             self.served_log.close()
+
+
+def _model_labels(live: LiveModel) -> tuple[str, str]:
+    return live.model.name or live.model.uri, live.model.version or ""
 
 
 def _checked_features_dir(features_dir: str | Path | None) -> Path | None:
@@ -294,7 +239,7 @@ def rank_request(state: ServiceState, req: RankRequest, started: float | None = 
     if state.served_log is not None:
         state.served_log.put(_log_record(rid, q, ids, live, r))
     took = time.monotonic() - started
-    state.metrics.served(took, len(ids), r, bool(reasons))
+    state.metrics.served(took, len(ids), r.ce_scored, r.ce_wanted, r.store == "error", bool(reasons))
     return {"request_id": rid, "query_id": query_id(q), "model_version": live.version, "results": results,
             "n_candidates": len(ids), "store": r.store, "degraded": bool(reasons), "degraded_reasons": reasons,
             "ce_wanted": r.ce_wanted, "ce_scored": r.ce_scored, "cold_route": r.cold_route,
