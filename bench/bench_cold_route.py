@@ -4,11 +4,18 @@ One held-out split of the ESCI sample (29 of 94 queries) cannot tell two routes 
 larger than their difference (README, "Cold queries"). This benchmark re-splits the run's training frame by
 query (70/30, seeds 0..N-1; the run's own split is its `seed`, flagged in the JSON), and on every split
 fits the trees at the run's operating point, chooses the cold route on the training part under each status
-quo and rule (`ltr.cold_route.STATUS_QUO` x `RULES`, all from the same cross-validated figures) and scores
-the test part's queries with engagement absent: trees alone, the route under each choice, the content-only
-model and the zero-shot bi-encoder (`bienc_cos` alone), NDCG@10 with ESCI gains as the run reports it.
+quo, rule and gate (`ltr.cold_route.STATUS_QUO` x `RULES` x gate on/off, all from the same cross-validated
+figures) and scores the test part's queries with engagement absent: trees alone, the route under each
+choice, the content-only model and the zero-shot bi-encoder (`bienc_cos` alone), NDCG@10 with ESCI gains as
+the run reports it.
+
+`--dev` first drops the run's own test queries and re-splits only its training queries (seeds 100..): a rule
+compared there is compared without a query the run reports on, so it can be settled before the run's test
+figures are read.
 
     .venv/bin/python -m bench.bench_cold_route --out bench/results --run-dir runs/esci16 --config configs/esci.yaml
+    .venv/bin/python -m bench.bench_cold_route --out bench/results --run-dir runs/esci16 --config configs/esci.yaml \
+        --dev
     .venv/bin/python -m bench.bench_cold_route --out bench/results --run-dir runs/default   # after `make run`
 
 Splits overlap (each query is tested in about 30% of them), so the spread across splits understates the
@@ -62,11 +69,11 @@ def one_split(frame: pd.DataFrame, cfg, seed: int) -> dict:
     out = {"seed": seed, "train_queries": int(train["query_id"].nunique()), "test_queries": int(len(set(qid))),
            "choice": {}, "ndcg@10": {}}
     scored = None
-    for quo, rule in itertools.product(STATUS_QUO, RULES):
-        route = ColdRoute(seed=cfg.seed, status_quo=quo, rule=rule).fit(train, cfg, feats, scored=scored)
-        scored = route.scored_
-        out["choice"][f"{quo}/{rule}"] = route.scorer_.name
-        out["ndcg@10"][f"route {quo}/{rule}"] = per_query(test, routed_scores(trees, route, cold, qid)[0])
+    for quo, rule, gate in itertools.product(STATUS_QUO, RULES, (True, False)):
+        route = ColdRoute(seed=cfg.seed, status_quo=quo, rule=rule, gate=gate).fit(train, cfg, feats, scored=scored)
+        scored, name = route.scored_, f"{quo}/{rule}" + ("/gated" if gate else "")
+        out["choice"][name] = route.scorer_.name
+        out["ndcg@10"][f"route {name}"] = per_query(test, routed_scores(trees, route, cold, qid)[0])
     out["ndcg@10"]["trees"] = per_query(test, trees.predict(cold, missing="nan"))
     ccfg = content_only_config(cfg)
     out["ndcg@10"]["content_only"] = per_query(test, fit_ranker(train, ccfg).predict(cold, missing="nan"))
@@ -95,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--run-dir", type=Path, default=Path("runs/default"), help="a finished `ltr run` directory")
     ap.add_argument("--config", type=Path, default=Path("configs/default.yaml"), help="that run's config")
     ap.add_argument("--splits", type=int, default=20)
+    ap.add_argument("--dev", action="store_true", help="only the run's training queries (its test split dropped)")
     a = ap.parse_args(argv)
     frame_path = a.run_dir / "training_frame.parquet"
     if not frame_path.exists():
@@ -104,17 +112,25 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg, run_seed = run_config(a.config, a.run_dir)
     frame = pd.read_parquet(frame_path)
+    first_seed = 0
+    if a.dev:
+        from ltr.rankers import split_frame
+
+        frame = split_frame(frame, "query_id", [1 - cfg.test_fraction, cfg.test_fraction], run_seed)[0]
+        first_seed = 100  # seeds apart from the run's own, which no longer splits this frame the run's way
     t0, splits = time.perf_counter(), []
-    for seed in tqdm(range(a.splits), desc="splits"):
+    for seed in tqdm(range(first_seed, first_seed + a.splits), desc="splits"):
         splits.append(one_split(frame, cfg, seed))
-    res = {"benchmark": "bench_cold_route", "run_dir": str(a.run_dir), "config": str(a.config),
-           "queries": int(frame["query_id"].nunique()), "test_fraction": cfg.test_fraction, "run_split_seed": run_seed,
+    res = {"benchmark": "bench_cold_route", "run_dir": str(a.run_dir), "config": str(a.config), "dev": a.dev,
+           "queries": int(frame["query_id"].nunique()), "test_fraction": cfg.test_fraction,
+           "run_split_seed": None if a.dev else run_seed,
            "metric": "ndcg@10 (ESCI gains), test queries with engagement absent", **summarise(splits),
            "splits": [s | {"ndcg@10": {k: round(float(v.mean()), 4) for k, v in s["ndcg@10"].items()}} for s in splits],
            "wall_s": round(time.perf_counter() - t0, 1)}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"bench_cold_route_{a.run_dir.name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    name = f"bench_cold_route_{a.run_dir.name}{'_dev' if a.dev else ''}.json"
+    (out / name).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k != "splits"}, indent=2))
     return res
 

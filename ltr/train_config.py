@@ -94,9 +94,9 @@ class TrainConfig(StrictConfig):
     cold_route: Literal["auto", "zero_shot", "off"] = Field(
         "auto", description="auto: the registered model carries a scorer for queries whose candidates have no "
         "engagement at all, chosen by cross-validation on the training queries (ltr.cold_route), where the trees "
-        "keep them unless another scorer beats them beyond noise; zero_shot: the same, with the zero-shot "
-        "bi-encoder as the scorer to beat (README, cold queries: better on average on the ESCI sample, worse "
-        "on a synthetic shop); off: the trees score every query")
+        "keep them unless another scorer beats them beyond noise; zero_shot: the zero-shot bi-encoder is the "
+        "scorer to beat, and the whole choice must beat it out of fold too (the gate; README, cold queries: "
+        "better on average on the ESCI sample, worse on a synthetic shop); off: the trees score every query")
 
     @field_validator("engagement_metric")
     @classmethod

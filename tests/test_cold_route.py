@@ -63,20 +63,23 @@ def test_every_candidate_is_scored_on_queries_its_models_never_saw():
     chosen = route.scorer_.kind
     margin = v["vs_status_quo"][chosen]
     assert chosen == "champion" or margin["gap"] > margin["se"]
+    assert "gate" not in v                                  # off with the trees as the status quo
 
 
 def test_a_zero_shot_status_quo_keeps_cold_queries_unless_beaten_on_evidence():
-    """Two thirds of the queries' bi-encoder knows the grade, the rest's title BM25 does; the trees learn both, so
-    they beat the bi-encoder alone on evidence and keep cold queries (no route). Where the bi-encoder is good
-    everywhere and nothing else is, it stays. With the trees as the status quo (the default) they are compared
-    with nothing."""
-    f = two_feature_shop()
+    """Four ninths of the queries' bi-encoder knows the grade, the rest's title BM25 does; the trees learn both,
+    so they beat the bi-encoder alone on evidence, as a kind and through the gate, and keep cold queries (no
+    route). Where the bi-encoder is good everywhere and nothing else is, it stays. With the trees as the status
+    quo (the default) they are compared with nothing."""
+    f = two_feature_shop(90)
     cfg = TrainConfig(model=MODEL, target=GRADE_LABELS, cold_query_share=0.5)  # the trees learn a content path
     feats = ["bienc_cos", "lex_bm25_title", "eng_qp_ctr_28d"]
-    route = ColdRoute(n_folds=4, candidates=("champion", "feature"), status_quo="zero_shot").fit(f, cfg, feats)
+    route = ColdRoute(n_folds=4, candidates=("champion", "feature"), status_quo="zero_shot", gate=True).fit(
+        f, cfg, feats)
     v = route.validation_
     assert v["status_quo"] == "feature:bienc_cos" and v["vs_status_quo"]["champion"]["gap"] > v["vs_status_quo"][
         "champion"]["se"]
+    assert v["gate"]["passed"] and v["gate"]["chosen_before_gate"] == "champion"
     assert route.scorer_.name == "champion" and not route.active
     rng = np.random.default_rng(1)
     good = f.assign(bienc_cos=f["grade"] / 3 + rng.normal(0, 0.2, len(f)), lex_bm25_title=rng.normal(0, 1, len(f)))
@@ -100,6 +103,30 @@ def test_a_setting_that_was_lucky_on_one_fold_is_not_rewarded():
     noise = _paired_gap(pd.Series([0.6, 0.4, 0.7, 0.45], index=per.index), trees)
     evidence = _paired_gap(pd.Series([0.6, 0.62, 0.58, 0.61], index=per.index), trees)
     assert noise["gap"] <= noise["se"] and evidence["gap"] > evidence["se"]
+
+
+def test_the_gate_asks_the_whole_choice_to_beat_the_status_quo_on_queries_it_did_not_see():
+    """A blend far ahead on three folds and useless on the fourth wins as a kind (its mean beats the trees by
+    more than one standard error, and by a hair the steady content model), but chosen on any three folds it
+    fails the fourth it did not see: the gate keeps the trees. A steady winner passes the gate."""
+    from ltr.cold_route import Scorer
+
+    idx = [f"q{i:02d}" for i in range(20)]
+    fold = pd.Series(np.repeat([0, 1, 2, 3], 5), index=idx)
+    trees, content, blend = Scorer("champion"), Scorer("content_only"), Scorer("blend", "bienc_cos", 1.0)
+    scored = pd.DataFrame({trees: 0.5, content: 0.7, blend: np.where(fold == 3, 0.0, 0.95)}, index=idx)
+    route = ColdRoute()
+    chosen, choice = route._choose(scored, fold)
+    assert chosen == blend and choice["vs_status_quo"]["blend"]["gap"] > choice["vs_status_quo"]["blend"]["se"]
+    kept, gate = route._gated(chosen, scored, fold)
+    assert kept == trees and gate["passed"] is False and gate["chosen_before_gate"] == blend.name
+    assert gate["procedure_vs_status_quo"]["gap"] <= gate["procedure_vs_status_quo"]["se"]
+    steady = scored.copy()
+    steady[blend] = 0.72 + 0.01 * np.tile([1, -1], 10)
+    assert route._gated(route._choose(steady, fold)[0], steady, fold)[0] == blend
+    two_folds = fold.clip(upper=1)                         # too few folds to score the procedure out of fold
+    assert route._gated(blend, steady, two_folds)[0] == trees
+    assert ColdRoute().get_params()["gate"] is False and ColdRoute(gate=True).get_params()["gate"] is True
 
 
 def test_the_simplest_route_within_one_standard_error_of_the_best_is_taken():
