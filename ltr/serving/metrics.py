@@ -90,25 +90,28 @@ class ServiceMetrics:
     def collect(self) -> Iterator[Any]:
         """Called by the registry on every scrape: one consistent snapshot of the counts."""
         with self._lock:
-            yield _counter("ltr_rank_requests", "POST /v1/rank requests by HTTP status", "status", self.requests)
-            yield _counter("ltr_rank_errors", "failed rank requests by kind", "kind", self.errors)
-            yield self.latency.family("ltr_rank_latency_seconds", "POST /v1/rank latency (server side)")
-            yield self.candidates.family("ltr_rank_candidates", "candidates per rank request")
-            yield CounterMetricFamily("ltr_store_errors", "online store reads that failed (served without)",
-                                      value=self.store_errors)
-            yield CounterMetricFamily("ltr_rank_degraded", "responses served degraded", value=self.degraded)
-            yield _counter("ltr_ce_pairs", "second-phase pairs by outcome", "outcome", self.ce_pairs)
             info = GaugeMetricFamily("ltr_model_info", "the live model", labels=["name", "version"])
             for labels, v in self.model_info.items():
                 info.add_metric(list(labels), v)
-            yield info
+            families = [
+                _counter("ltr_rank_requests", "POST /v1/rank requests by HTTP status", "status", self.requests),
+                _counter("ltr_rank_errors", "failed rank requests by kind", "kind", self.errors),
+                self.latency.family("ltr_rank_latency_seconds", "POST /v1/rank latency (server side)"),
+                self.candidates.family("ltr_rank_candidates", "candidates per rank request"),
+                CounterMetricFamily("ltr_store_errors", "online store reads that failed (served without)",
+                                    value=self.store_errors),
+                CounterMetricFamily("ltr_rank_degraded", "responses served degraded", value=self.degraded),
+                _counter("ltr_ce_pairs", "second-phase pairs by outcome", "outcome", self.ce_pairs),
+                info]
         cache, log, limits = self._ce_cache(), self._served_log(), self._limits()
-        yield GaugeMetricFamily("ltr_ce_cache_hits", "cross-encoder cache hits", value=cache.hits)
-        yield GaugeMetricFamily("ltr_ce_cache_misses", "cross-encoder cache misses", value=cache.misses)
-        yield GaugeMetricFamily("ltr_ce_cache_size", "cross-encoder cache entries", value=len(cache))
-        yield GaugeMetricFamily("ltr_served_log_dropped", "served-log records dropped (writer behind)",
-                                value=log.dropped if log else 0)
-        yield GaugeMetricFamily("ltr_inflight", "rank requests in progress", value=limits.inflight if limits else 0)
+        families += [
+            GaugeMetricFamily("ltr_ce_cache_hits", "cross-encoder cache hits", value=cache.hits),
+            GaugeMetricFamily("ltr_ce_cache_misses", "cross-encoder cache misses", value=cache.misses),
+            GaugeMetricFamily("ltr_ce_cache_size", "cross-encoder cache entries", value=len(cache)),
+            GaugeMetricFamily("ltr_served_log_dropped", "served-log records dropped (writer behind)",
+                              value=log.dropped if log else 0),
+            GaugeMetricFamily("ltr_inflight", "rank requests in progress", value=limits.inflight if limits else 0)]
+        return iter(families)
 
 
 def _inc(counts: dict[str, float], key: str) -> None:
