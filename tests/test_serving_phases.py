@@ -164,7 +164,8 @@ def test_a_batch_is_sized_to_fill_a_share_of_the_time_left(world, scorer, fill, 
                             pair_seconds=0.01, fill=fill)
     try:
         qs, ts = _pairs(world, 10)
-        job = b.submit(qs, ts, time.monotonic() + 0.105)     # 10 pairs of 10 ms: fit only at fill 1
+        # 10 pairs of 10 ms fit only at fill 1; 109.5 ms leaves each fill ~9 ms for the thread to wake
+        job = b.submit(qs, ts, time.monotonic() + 0.1095)
         assert wait_for(lambda: job.inflight > 0, timeout=5)
         assert job.inflight == first
     finally:
