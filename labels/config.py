@@ -220,6 +220,12 @@ class LabelConfig(StrictConfig):
     combine: Literal["mean", "majority"] = Field("mean", description="judges: mean distribution or majority vote")
     batch: BatchSettings = Field(default_factory=BatchSettings)
     calibrate: bool = Field(True, description="report agreement with the dataset's human judgments")
+    seed_share: float | None = Field(None, gt=0, le=1, description="the pilot: the share of the run's training "
+                                     "queries whose human grades the grader learns from; it grades the rest as "
+                                     "an LLM would, and no other human grade of a training query is used. None: "
+                                     "all judged queries but a 20% calibration holdout")
+    seed_queries: int | None = Field(None, ge=2, description="the pilot as a number of training queries "
+                                     "(instead of seed_share)")
 
     @field_validator("prompt_version")
     @classmethod
@@ -239,6 +245,9 @@ class LabelConfig(StrictConfig):
         if self.backend == "judges" and len(self.judges) < 2:
             raise ValueError("backend 'judges' needs a `judges` list of at least two judges (each with a backend "
                              "and its settings). Fix: add labels.judges entries, or use a single backend.")
+        if self.seed_share is not None and self.seed_queries is not None:
+            raise ValueError("labels.seed_share and labels.seed_queries both set. Fix: give the pilot as a share "
+                             "or as a number of queries, not both.")
         if self.batch.enabled and self.backend != "openai":
             raise ValueError(f"batch grading needs backend 'openai' (got {self.backend!r}). Fix: set "
                              "labels.backend: openai, or drop --batch / labels.batch.enabled.")

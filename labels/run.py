@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from .calibration import calibrate
 from .config import JudgeConfig, LabelConfig, TierConfig
 from .cost import CostMeter
 
-__all__ = ["label_pairs", "calibrate", "build_pairs", "make_backend", "fit_grader_on_dataset"]
+__all__ = ["label_pairs", "calibrate", "build_pairs", "make_backend", "fit_grader_on_dataset", "pilot_queries"]
 
 
 def build_pairs(ds: Dataset) -> list[Pair]:
@@ -43,26 +44,50 @@ def build_pairs(ds: Dataset) -> list[Pair]:
     return [Pair(q, qtext[q], p, prods.loc[p].to_dict()) for q, p in zip(cand["query_id"], cand["product_id"])]
 
 
-def fit_grader_on_dataset(ds: Dataset, out_dir: Path, cfg: LabelConfig, holdout_frac: float = 0.2
-                          ) -> tuple[Path, set[str]]:
-    """Fit the local grader on the dataset's human judgments (the seed set), holding out a seeded,
-    query-grouped share of queries so the calibration report is measured on pairs it never saw."""
+def pilot_queries(judged: set[str] | list[str], cfg: LabelConfig, exclude: set[str] = frozenset()
+                  ) -> tuple[set[str], set[str]]:
+    """(seed, held): which judged queries the grader learns from and which it is calibrated on.
+
+    With a pilot (`seed_share` / `seed_queries`) the seed is drawn from the judged queries outside `exclude`
+    (the run's test queries), and every other eligible query is held out: its human grades serve the
+    calibration report only. Without one, a seeded 20% of the eligible queries is held out for calibration."""
+    qs = np.array(sorted(set(map(str, judged)) - set(exclude)))
+    rng = np.random.default_rng(cfg.grader.seed)
+    if cfg.seed_share is not None or cfg.seed_queries is not None:
+        n = cfg.seed_queries if cfg.seed_queries is not None else int(round(cfg.seed_share * len(qs)))
+        if n < 2 or n > len(qs):
+            raise LabelerError(f"the pilot asks for {n} of {len(qs)} eligible judged queries. Fix: set "
+                               "labels.seed_share / labels.seed_queries to between 2 queries and all of them.")
+        seed = set(rng.choice(qs, size=n, replace=False).tolist())
+        return seed, set(qs.tolist()) - seed
+    n_hold = int(round(0.2 * len(qs))) if len(qs) >= 5 else 0
+    held = set(rng.choice(qs, size=n_hold, replace=False).tolist()) if n_hold else set()
+    return set(qs.tolist()) - held, held
+
+
+def fit_grader_on_dataset(ds: Dataset, out_dir: Path, cfg: LabelConfig, exclude: set[str] = frozenset(),
+                          grades: pd.DataFrame | None = None) -> tuple[Path, set[str]]:
+    """Fit the local grader on the dataset's human judgments of its seed queries (`pilot_queries`), so the
+    calibration report is measured on queries it never saw and the run's test queries (`exclude`) stay
+    unseen. `grades` (query_id, product_id, grade) replaces the judgments' grades, e.g. raters of a known
+    noise level. Writes grader/, grader/seed_queries.json and grader/heldout_queries.json."""
     from .backends.grader import FineTunedGrader
     if ds.judgments.empty:  # a catalog with a query log only (its candidates mined by ltr.retrieval)
         raise LabelerError(f"{ds.root}: the grader backend is fitted on human judgments and this dataset has none. "
                            "Fix: set labels.grader.dir to a fitted grader, or grade with backend openai, "
                            "causal_lm, cascade (tiers without grader) or imported.")
-    j = ds.judgments.merge(ds.products, on="product_id", how="inner")
-    qs = np.array(sorted(j["query_id"].unique()))
-    rng = np.random.default_rng(cfg.grader.seed)
-    n_hold = int(round(holdout_frac * len(qs))) if len(qs) >= 5 else 0
-    held = set(rng.choice(qs, size=n_hold, replace=False)) if n_hold else set()
-    tr = j[~j["query_id"].isin(held)]
-    gcfg = cfg.grader
-    g = FineTunedGrader(config=gcfg)
+    jud = ds.judgments
+    if grades is not None:
+        jud = jud.drop(columns="grade").merge(grades[["query_id", "product_id", "grade"]],
+                                              on=["query_id", "product_id"], how="inner")
+    j = jud.merge(ds.products, on="product_id", how="inner")
+    seed, held = pilot_queries(set(j["query_id"]), cfg, exclude)
+    tr = j[j["query_id"].isin(seed)]
+    g = FineTunedGrader(config=cfg.grader)
     g.fit(tr["query"].tolist(), tr.to_dict("records"), tr["grade"].to_numpy())
     d = out_dir / "grader"
     g.save(d)
+    (d / "seed_queries.json").write_text(json.dumps(sorted(seed)) + "\n")
     (d / "heldout_queries.json").write_text(json.dumps(sorted(held)) + "\n")
     return d, held
 
@@ -210,8 +235,11 @@ def _calibration(valid: pd.DataFrame, ds: Dataset, held: set[str] | None, out_pa
 
 
 def label_pairs(dataset_dir: str | Path, out_path: str | Path, cfg: LabelConfig | None = None,
-                progress: bool = True, client: Any = None) -> dict:
+                progress: bool = True, client: Any = None, exclude_queries: Sequence[str] = ()) -> dict:
     """Grade every candidate pair of the dataset at `dataset_dir`; write LABELS to `out_path` (parquet).
+
+    `exclude_queries`: query ids whose human grades a grader fitted here must never learn from (the run's
+    test queries); they are graded like every other query.
 
     Returns a summary: pairs, graded now / from cache / not graded (budget), tokens and dollars spent
     this run, cascade tier counts, and a calibration report on the judged pairs. With a Dask `client`, the
@@ -232,8 +260,11 @@ def label_pairs(dataset_dir: str | Path, out_path: str | Path, cfg: LabelConfig 
     uses_grader = cfg.backend == "grader" or any(t.backend == "grader" for t in
                                                   [*(cfg.cascade.tiers if cfg.cascade else []), *cfg.judges])
     if uses_grader and not cfg.grader.dir:
-        grader_dir, held = fit_grader_on_dataset(ds, out_dir, cfg)
-        summary["grader_fitted"] = {"dir": str(grader_dir), "heldout_queries": len(held)}
+        grader_dir, held = fit_grader_on_dataset(ds, out_dir, cfg, exclude=set(exclude_queries))
+        seed = json.loads((grader_dir / "seed_queries.json").read_text())
+        summary["grader_fitted"] = {"dir": str(grader_dir), "seed_queries": len(seed),
+                                    "seed_pairs": int(ds.judgments["query_id"].isin(set(seed)).sum()),
+                                    "heldout_queries": len(held), "excluded_queries": len(exclude_queries)}
     meter = CostMeter(max_dollars=cfg.max_dollars)
     cache = LabelCache(cfg.cache_path or out_dir / "label_cache.sqlite")
     try:

@@ -136,17 +136,50 @@ def stage_mine(cfg: RunConfig, paths: RunPaths, ds_dir: Path) -> Path:
 
 # --- stage 2: labels -----------------------------------------------------------------------------
 
+def has_pilot(cfg: RunConfig) -> bool:
+    """A pilot (`labels.seed_share` / `seed_queries`): the run may use the human grades of its seed queries
+    (to fit the grader) and of its test queries (to evaluate), and no other."""
+    return cfg.labels.seed_share is not None or cfg.labels.seed_queries is not None
+
+
+def run_test_queries(cfg: RunConfig, ds: Dataset) -> set[str]:
+    """The query ids the run holds out: the same split `stage_tune` makes of the training frame."""
+    from ltr.data.splits import held_out_queries
+    return held_out_queries(ds.candidates["query_id"], cfg.train.test_fraction, cfg.seed)
+
+
 def stage_labels(cfg: RunConfig, paths: RunPaths, ds_dir: Path) -> dict[str, Any]:
     from labels.run import label_pairs
-    key = _digest({"ds": str(ds_dir), "labels": cfg.labels.model_dump(mode="json"), "seed": cfg.seed})
+    pilot = has_pilot(cfg)
+    key = _digest({"ds": str(ds_dir), "labels": cfg.labels.model_dump(mode="json"), "seed": cfg.seed}
+                  | ({"test_fraction": cfg.train.test_fraction} if pilot else {}))
     summary_path = paths.labels.with_suffix(".summary.json")
     if _stamp_ok(paths.labels, key) and paths.labels.exists():
         _log("stage labels: up to date")
         return json.loads(summary_path.read_text()) if summary_path.exists() else {}
     _log(f"stage labels: grading candidate pairs with backend '{cfg.labels.backend}'")
-    s = label_pairs(ds_dir, paths.labels, cfg.labels, client=dask_client_of(cfg))
+    exclude = sorted(run_test_queries(cfg, Dataset.load(ds_dir))) if pilot else ()
+    s = label_pairs(ds_dir, paths.labels, cfg.labels, client=dask_client_of(cfg), exclude_queries=exclude)
+    if pilot:
+        g = s.get("grader_fitted", {})
+        _log(f"  pilot: the grader learnt from {g.get('seed_queries')} training queries "
+             f"({g.get('seed_pairs')} human-graded pairs); the run's {len(exclude)} test queries never seen")
     _stamp(paths.labels, key)
     return s
+
+
+def pilot_grades(cfg: RunConfig, paths: RunPaths, frame: pd.DataFrame, ds: Dataset) -> pd.DataFrame:
+    """With a pilot, the human grades of training queries outside the seed set leave the frame (NaN): tuning,
+    the cold route and every choice made on training queries see only what the pilot paid for."""
+    if not has_pilot(cfg) or "grade" not in frame.columns:
+        return frame
+    seed_file = paths.labels.parent / "grader" / "seed_queries.json"
+    if not seed_file.exists():
+        raise FileNotFoundError(f"{seed_file}: the pilot's seed queries are missing. Fix: re-run the labels "
+                                "stage (delete RUN/labels/labels.parquet.stamp).")
+    keep = set(json.loads(seed_file.read_text())) | run_test_queries(cfg, ds)
+    frame.loc[~frame["query_id"].isin(keep), "grade"] = np.nan
+    return frame
 
 
 # --- stage 3: cross-encoder (cross-fitted) -------------------------------------------------------
@@ -304,6 +337,7 @@ def stage_training_frame(cfg: RunConfig, paths: RunPaths, ds: Dataset, store: An
     frame = frame.merge(grades[["query_id", "product_id", "grade"]], on=["query_id", "product_id"], how="left")
     if grade_source(ds) == "labels":  # no human grade anywhere: evaluate against the labeler (reports say so)
         frame["grade"] = (frame["content_score"] * 3).round()
+    frame = pilot_grades(cfg, paths, frame, ds)
     if "segment" in ds.queries.columns:
         frame = frame.merge(ds.queries[["query_id", "segment"]], on="query_id", how="left")
     frame = frame.sort_values(["query_id", "product_id"]).reset_index(drop=True)
@@ -376,6 +410,8 @@ def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, te
         _log(f"stage train: cold route '{route.scorer_.name}' (cross-validated cold {route.validation_['metric']} "
              f"on {route.validation_['n_queries']} training queries: {route.validation_['scores']})")
         res.metrics.update(evaluate_cold_routed(res.model, route, test_part, best))
+    if paths is not None:
+        _write_test_scores(paths, res.model, route, test_part, best)
     ce_dir = paths.ce / "llm_fold0" if paths is not None else None
     ce_dir = ce_dir if ce_dir is not None and (ce_dir / "config.json").exists() else None
     ds_dir = Path(extra_params["dataset"]) if "dataset" in extra_params else None
@@ -392,6 +428,21 @@ def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, te
     return {"operating_point": op.model_dump(), "test_metrics": res.metrics,
             "model_uri": f"models:/{cfg.tracking.model_name}@champion", "model_version": version,
             "mlflow_run_id": run_id, "cold_route": route.validation_ if route is not None else None}
+
+
+def _write_test_scores(paths: RunPaths, model: Any, route: Any, test_part: pd.DataFrame, best: Any) -> None:
+    """The registered model's scores of every test pair, warm and cold (engagement absent, through its cold
+    route), and the training config it was fitted with: what benchmarks compare per query
+    (bench/bench_label_budget.py) without re-fitting the champion."""
+    from ltr.cold_route import routed_scores
+    from ltr.train import mask_engagement
+    cold = mask_engagement(test_part)
+    out = test_part[["query_id", "product_id"]].copy()
+    out["champion_warm"] = np.asarray(model.predict(test_part, missing="nan"), dtype="float64")
+    out["champion_cold"] = routed_scores(model, route, cold, cold[best.columns.query_id].to_numpy())[0]
+    paths.reports.mkdir(parents=True, exist_ok=True)
+    out.to_parquet(paths.reports / "test_scores.parquet", index=False)
+    (paths.reports / "champion_config.json").write_text(best.model_dump_json(indent=2) + "\n")
 
 
 def grade_source(ds: Dataset) -> str:

@@ -18,32 +18,15 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from .data.splits import SplitError, grouped_split
 from .targets import bucketize
 
 
-class RankerError(ValueError):
+class RankerError(SplitError):
     """Bad input to a ranker; the message names the field and the fix."""
 
 
 # --- grouped splits --------------------------------------------------------------------------------
-
-def grouped_split(qid, fractions: Sequence[float], seed: int = 0) -> list[np.ndarray]:
-    """Split rows into len(fractions) boolean masks by whole query groups (deterministic for a seed).
-
-    fractions are shares of *queries*; they must sum to 1 (the last part takes the rounding remainder).
-    """
-    fr = np.asarray(fractions, dtype=float)
-    if (fr < 0).any() or not np.isclose(fr.sum(), 1.0):
-        raise RankerError(f"fractions {list(fractions)} must be >= 0 and sum to 1.")
-    q = np.asarray(qid)
-    uniq = np.array(sorted(pd.unique(pd.Series(q)).tolist()), dtype=object)
-    if len(uniq) < len(fr):
-        raise RankerError(f"{len(uniq)} queries cannot be split into {len(fr)} parts. Fix: use more queries.")
-    perm = np.random.default_rng(seed).permutation(len(uniq))
-    cuts = np.floor(np.cumsum(fr)[:-1] * len(uniq) + 1e-9).astype(int)
-    parts = np.split(uniq[perm], cuts)
-    return [pd.Series(q).isin(set(p.tolist())).to_numpy() for p in parts]
-
 
 def split_frame(frame: pd.DataFrame, qcol: str, fractions: Sequence[float], seed: int = 0) -> list[pd.DataFrame]:
     """`grouped_split` applied to a frame; each part keeps its original row order."""

@@ -36,6 +36,9 @@ class CrossEncoderConfig(StrictConfig):
     cls_residual: bool = Field(False, description="segment_cosine: add a [CLS] linear head initialised at 0")
     cos_scale_init: float = Field(20.0, gt=0, description="segment_cosine: initial logit scale of the cosine")
     epochs: int = Field(2, ge=1, le=100)
+    max_train_queries: int | None = Field(None, ge=2, description="fine-tune on at most this many labelled "
+                                          "queries (a seeded sample, validation queries included): the CPU "
+                                          "budget of a catalog with thousands of labelled queries; None = all")
     loss: Literal["listwise", "pairwise", "mse"] = "listwise"
     temperature: float = Field(5.0, gt=0, description="listwise target = softmax(temperature * score)")
     queries_per_batch: int = Field(4, ge=1)

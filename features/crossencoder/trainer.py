@@ -105,6 +105,18 @@ def _train_val_queries(qids: pd.Series, cfg: CrossEncoderConfig, seed: int,
     return set(qids) - val_q, val_q
 
 
+def _cap_queries(pairs: pd.DataFrame, cap: int | None, seed: int, always: Sequence[str] | None) -> pd.DataFrame:
+    """At most `cap` queries' pairs (plus the `always` ones, the named validation queries), the queries a
+    seeded sample: training cost grows with pairs, and past a few thousand labelled queries a CPU budget
+    buys more from scoring every pair than from training on it."""
+    fixed = {str(q) for q in always or ()}
+    uq = np.array(sorted(set(pairs["query_id"]) - fixed))
+    if cap is None or len(uq) <= cap:
+        return pairs
+    keep = fixed | set(np.random.default_rng(seed).choice(uq, size=cap, replace=False).tolist())
+    return pairs[pairs["query_id"].isin(keep)].reset_index(drop=True)
+
+
 def _fingerprint(df: pd.DataFrame) -> str:
     h = hashlib.sha1(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     return h.hexdigest()[:12]
@@ -382,7 +394,7 @@ def fine_tune_cross_encoder(pairs_df: pd.DataFrame, products_df: pd.DataFrame, q
     """
     cfg = cfg if isinstance(cfg, CrossEncoderConfig) else CrossEncoderConfig.model_validate(cfg or {})
     t0 = time.time()
-    pairs = _check_pairs(pairs_df)
+    pairs = _cap_queries(_check_pairs(pairs_df), cfg.max_train_queries, seed, val_query_ids)
     qs, ts = pair_texts(pairs, products_df, queries_df, **cfg.text_kwargs())
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)

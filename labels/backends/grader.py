@@ -249,6 +249,16 @@ class FineTunedGrader:
             return np.zeros((0, N_GRADES), np.float64)
         return self.model.predict_proba(self._features(queries, products, progress))
 
+    def pair_features(
+        self, queries: Sequence[str], products: Sequence[Mapping[str, Any]], progress: bool = False
+    ) -> np.ndarray:
+        """The ordinal model's input matrix for any pairs, before fitting: a study of seed sets and label
+        noise (bench/bench_label_budget.py) computes it once and refits only the small model on each seed.
+        The reference sample (used by `cos_refz` only) is drawn from these products when none is fitted."""
+        if self.reference is None:
+            self._pick_reference(products)
+        return self._features(queries, products, progress)
+
     def predict_grade(self, probs: np.ndarray) -> np.ndarray:
         """Hard grades: kappa-tuned cut points on the expected grade."""
         return apply_thresholds(np.asarray(probs) @ np.arange(N_GRADES), self.thresholds)
