@@ -53,14 +53,9 @@ def per_query(test: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"ndcg": M.ndcg_per_query(q, s, g, K), "irrelevant": M.irrelevant_per_query(q, s, g, K)})
 
 
-def paired_ci(a: pd.Series, b: pd.Series, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """Mean of a - b over the queries both define, with a 95% percentile bootstrap CI over queries."""
-    d = (a - b).dropna().to_numpy()
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return {"diff": float(d.mean()), "ci95": [float(lo), float(hi)], "n_queries": int(len(d)),
-            "excludes_0": bool(lo > 0 or hi < 0)}
+def paired_ci(a: pd.Series, b: pd.Series) -> dict:
+    from ltr.data.metrics import paired_bootstrap
+    return paired_bootstrap(a, b)
 
 
 def arm_row(name: str, pq: pd.DataFrame, base: pd.DataFrame) -> dict:

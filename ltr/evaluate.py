@@ -147,6 +147,11 @@ def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Pa
              f"irrelevant@{k}": float(r[f"irrelevant@{k}"])}
             for q, r in per.iterrows()],
     }
+    if "bienc_cos" in X.columns:  # what the shop has without us: the zero-shot bi-encoder, on the same pairs
+        base = _per_query(j, X["bienc_cos"].fillna(-1.0).to_numpy(), k)
+        result["bienc_zero_shot"] = {f"ndcg@{k}": _mean(base[f"ndcg@{k}"]),
+                                     f"irrelevant@{k}": _mean(base[f"irrelevant@{k}"]),
+                                     "model_vs_bienc": M.paired_bootstrap(per[f"ndcg@{k}"], base[f"ndcg@{k}"])}
     result = M.nan_to_none(result)
     if out_path is not None:
         _write_json(result, out_path)

@@ -165,6 +165,9 @@ def test_evaluate_needs_only_the_model_uri(setup, tmp_path, monkeypatch):
     assert r["model"]["cross_encoder"].startswith(str(tmp_path / "cache"))
     explicit = evaluate_dataset(setup["unseen"], uri, None, bi_encoder=ce, cross_encoder=ce, progress=False)
     assert r["per_query"] == explicit["per_query"]               # the downloaded copy scores as the original
+    base = r["bienc_zero_shot"]                                  # reported beside it, paired on the same queries
+    assert 0 <= base["ndcg@10"] <= 1 and base["model_vs_bienc"]["n_queries"] == r["n_queries_with_relevant"]
+    assert base["model_vs_bienc"]["diff"] == pytest.approx(r["ndcg@10"] - base["ndcg@10"])
     with pytest.raises(ServingError, match="bi-encoder"):         # not the encoder bienc_cos came from
         evaluate_dataset(setup["unseen"], uri, None, progress=False)
 

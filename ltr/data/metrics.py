@@ -327,6 +327,20 @@ def paired_test(values: pd.Series, baseline: pd.Series) -> dict[str, float]:
     return out
 
 
+def paired_bootstrap(values: pd.Series, baseline: pd.Series, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Mean of `values - baseline` over the index labels both define, with a 95% percentile bootstrap CI that
+    resamples those queries: the interval a claim "beats the baseline" must clear (its lower end above 0)."""
+    both = pd.concat([values.rename("a"), baseline.rename("b")], axis=1, join="inner").dropna()
+    d = (both["a"] - both["b"]).to_numpy(dtype="float64")
+    if len(d) < 2:
+        return {"diff": float(d.mean()) if len(d) else float("nan"), "ci95": [float("nan")] * 2,
+                "n_queries": len(d), "excludes_0": False}
+    means = d[np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"diff": float(d.mean()), "ci95": [float(lo), float(hi)], "n_queries": len(d),
+            "excludes_0": bool(lo > 0 or hi < 0)}
+
+
 def nan_to_none(o: Any) -> Any:
     """NaN/inf -> None, through dicts and lists. Why: NaN is how a metric says "undefined here" (see the
     rule above), and strict JSON has no NaN; null says the same and any parser reads it."""
