@@ -97,7 +97,7 @@ class Study:
         from ltr.run_config import RunConfig
         from ltr.train_config import TrainConfig
         self.cfg = load_config(config, RunConfig)
-        summary = json.loads((run_dir / "reports" / "summary.json").read_text())
+        summary = json.loads((run_dir / "reports" / "train_metrics.json").read_text())  # written after training
         self.ds = Dataset.load(summary["dataset"])
         frame = pd.read_parquet(run_dir / "training_frame.parquet")
         human = self.ds.judgments[["query_id", "product_id", "grade"]].rename(columns={"grade": "human_grade"})

@@ -76,12 +76,15 @@ def read_content_scores(paths: Sequence[str | Path]) -> pd.DataFrame:
 def build_features(dataset_dir: str | Path, out_dir: str | Path, cfg: FeaturesConfig | None = None,
                    ce_scores: pd.DataFrame | None = None, progress: bool = True,
                    labels: pd.DataFrame | str | Path | None = None,
-                   engagement_labels: pd.DataFrame | None = None) -> dict[str, Any]:
+                   engagement_labels: pd.DataFrame | None = None,
+                   judgments: pd.DataFrame | None = None) -> dict[str, Any]:
     """Compute the configured feature families of `dataset_dir` into parquet sources under `out_dir`.
 
     ce_scores: DataFrame[query_id, product_id, ce_score[, bienc_cos]] for the content view (skipped when
     None). labels: the LLM labels table (or its parquet path); when None, DATASET/labels.parquet is used
-    if present. Human judgments always go into the label view. Returns {view: rows, ..., "seconds": {...}}.
+    if present. Human judgments go into the label view (where they win): the dataset's, or `judgments`, e.g.
+    only a pilot's seed queries, so that the others' content label is the labeler's.
+    Returns {view: rows, ..., "seconds": {...}}.
     """
     cfg = cfg or FeaturesConfig()
     ds = Dataset.load(dataset_dir)
@@ -126,7 +129,8 @@ def build_features(dataset_dir: str | Path, out_dir: str | Path, cfg: FeaturesCo
         if labels is not None:
             labels = LABELS.validate(labels, where="build_features labels")
         n = timed("labels", lambda: publish_labels(out, static_ts, cfg.labeler_priority, labels=labels,
-                                                   judgments=ds.judgments, engagement=engagement_labels))
+                                                   judgments=ds.judgments if judgments is None else judgments,
+                                                   engagement=engagement_labels))
         if n:
             info["views"]["relevance_labels"] = n
     write_manifest(out, info)

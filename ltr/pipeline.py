@@ -168,16 +168,24 @@ def stage_labels(cfg: RunConfig, paths: RunPaths, ds_dir: Path) -> dict[str, Any
     return s
 
 
-def pilot_grades(cfg: RunConfig, paths: RunPaths, frame: pd.DataFrame, ds: Dataset) -> pd.DataFrame:
-    """With a pilot, the human grades of training queries outside the seed set leave the frame (NaN): tuning,
-    the cold route and every choice made on training queries see only what the pilot paid for."""
-    if not has_pilot(cfg) or "grade" not in frame.columns:
-        return frame
+def pilot_seed(cfg: RunConfig, paths: RunPaths) -> set[str] | None:
+    """The pilot's seed queries (written by the labels stage), or None for a run without a pilot."""
+    if not has_pilot(cfg):
+        return None
     seed_file = paths.labels.parent / "grader" / "seed_queries.json"
     if not seed_file.exists():
         raise FileNotFoundError(f"{seed_file}: the pilot's seed queries are missing. Fix: re-run the labels "
                                 "stage (delete RUN/labels/labels.parquet.stamp).")
-    keep = set(json.loads(seed_file.read_text())) | run_test_queries(cfg, ds)
+    return set(json.loads(seed_file.read_text()))
+
+
+def pilot_grades(cfg: RunConfig, paths: RunPaths, frame: pd.DataFrame, ds: Dataset) -> pd.DataFrame:
+    """With a pilot, the human grades of training queries outside the seed set leave the frame (NaN): tuning,
+    the cold route and every choice made on training queries see only what the pilot paid for (and the
+    label view, `stage_features`, holds only the seed's human labels, so the content label is the grader's)."""
+    if not has_pilot(cfg) or "grade" not in frame.columns:
+        return frame
+    keep = pilot_seed(cfg, paths) | run_test_queries(cfg, ds)
     frame.loc[~frame["query_id"].isin(keep), "grade"] = np.nan
     return frame
 
@@ -295,12 +303,19 @@ def purchase_targets(ds: Dataset, cutoff: pd.Timestamp) -> pd.DataFrame:
 def stage_features(cfg: RunConfig, paths: RunPaths, ds_dir: Path, content: pd.DataFrame) -> Any:
     from features.build import build_features
     from features.store import LtrStore
+    pilot = pilot_seed(cfg, paths)
     key = _digest({"ds": str(ds_dir), "f": cfg.features.model_dump(mode="json"), "n": len(content),
                    "c": float(np.nansum(content.select_dtypes("number").to_numpy())),
-                   "labels": paths.labels.stat().st_mtime if paths.labels.exists() else 0})
+                   "labels": paths.labels.stat().st_mtime if paths.labels.exists() else 0}
+                  | ({"pilot": sorted(pilot)} if pilot is not None else {}))
     if not _stamp_ok(paths.features, key):
         _log("stage features: lexical, product, engagement, content and label tables")
-        build_features(ds_dir, paths.features, cfg.features, ce_scores=content, labels=paths.labels)
+        judgments = None
+        if pilot is not None:  # human labels win in the label view: only the ones the pilot paid for go in
+            jud = Dataset.load(ds_dir).judgments
+            judgments = jud[jud["query_id"].isin(pilot)]
+        build_features(ds_dir, paths.features, cfg.features, ce_scores=content, labels=paths.labels,
+                       judgments=judgments)
         store = LtrStore(paths.features, cfg.features).apply()
         _log("stage features: feast apply done; bulk materialize into the online store")
         rows = store.bulk_materialize()

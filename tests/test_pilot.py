@@ -124,3 +124,25 @@ def test_the_paired_ci_says_when_it_excludes_zero():
     same = paired_ci(base + rng.normal(0, 0.05, 400), base)
     assert better["excludes_0"] and better["ci95"][0] > 0
     assert not same["excludes_0"] and same["ci95"][0] < 0 < same["ci95"][1]
+
+
+def test_the_label_view_holds_only_the_human_labels_it_is_given(tmp_path):
+    """Human labels win in the label view, so a pilot's run passes only its seed queries' judgments: the other
+    queries' content label is then the labeler's."""
+    from features.build import build_features
+    from features.config import FeaturesConfig
+    ds_dir = _judged(tmp_path)
+    jud = pd.read_parquet(ds_dir / "judgments.parquet")
+    seed = sorted(jud["query_id"].unique())[:3]
+    from ltr.data.schemas import LABELS
+    lab = pd.DataFrame({"query_id": jud["query_id"], "product_id": jud["product_id"], "score": 0.5,
+                        "p0": 0.25, "p1": 0.25, "p2": 0.25, "p3": 0.25, "backend": "grader", "model": "m", "prompt_version": "v", "cost": 0.0,
+                        "created_at": pd.Timestamp("2024-01-01", tz="UTC")})
+    lab = LABELS.validate(lab, where="test")
+    cfg = FeaturesConfig(families=["labels"])
+    build_features(ds_dir, tmp_path / "f", cfg, labels=lab, judgments=jud[jud["query_id"].isin(seed)],
+                   progress=False)
+    view = pd.read_parquet(tmp_path / "f" / "relevance_labels.parquet")
+    human = view[view["labeler"] == "human"]
+    assert set(human["query_id"]) == set(seed) and len(view) == len(jud)
+    assert (view.loc[~view["query_id"].isin(seed), "label_score"] == 0.5).all()
