@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM=false
 # git (used by mlflow) must not complain in a fresh clone
 export GIT_PYTHON_REFRESH=quiet
 
-.PHONY: setup run test test-slow bench lint clean redis
+.PHONY: setup run test test-slow bench report lint clean redis
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +46,10 @@ test-slow: setup redis
 
 bench: setup redis
 	$(BIN)/python -m bench.run_all --out bench/results
+
+# docs/results.md from the JSON of `make bench` (bench/results) and `ltr run` (runs/*/reports): bench/report.py
+report: setup
+	$(BIN)/python -m bench.report --results bench/results --runs runs --out docs/results.md
 
 lint: setup
 	$(BIN)/ruff check labels features ltr tests bench

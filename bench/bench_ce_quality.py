@@ -33,6 +33,7 @@ import torch
 
 from ltr.data.esci import esci_sample_dir as esci_dir
 from ltr.data.metrics import ESCI_GAINS, irrelevant_per_query, ndcg_per_query
+from ltr.data.provenance import stamp
 
 
 def load_esci(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     judg = judg.reset_index(drop=True)
     cfg = CrossEncoderConfig(**{"val_fraction": 0.15, "num_threads": a.threads, **parse_set(a.set)})
     res: dict = {"benchmark": "ce_quality", "data": str(esci_dir()), "n_queries": int(judg["query_id"].nunique()),
-                 "n_pairs": len(judg), "folds": a.folds, "seed": a.seed, "esci_target": a.esci_target,
+                 **stamp(), "n_pairs": len(judg), "folds": a.folds, "seed": a.seed, "esci_target": a.esci_target,
                  "config": cfg.model_dump(mode="json"),
                  "host": {"python": platform.python_version(), "torch": torch.__version__,
                           "cpus": os.cpu_count(), "threads": a.threads}, "rankers": {}}

@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from bench.bench_ce_quality import esci_dir, load_esci, metrics
+from ltr.data.provenance import stamp
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
     models = a.models or sorted(str(p) for p in Path("runs/default/cross_encoder").glob("llm_fold*"))
     if not models:
-        res = {"benchmark": "ce_transfer", "skipped": "no cross-encoder dirs: pass --models or run `make run` first"}
+        res = {"benchmark": "ce_transfer", **stamp(),
+               "skipped": "no cross-encoder dirs: pass --models or run `make run` first"}
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "ce_transfer.json").write_text(json.dumps(res, indent=2) + "\n")
         print(res["skipped"])
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
     products, judg, queries = load_esci(esci_dir())
     judg = judg.reset_index(drop=True)
     qs, ts = pair_texts(judg, products, queries, fields=("title", "brand"))
-    res: dict = {"benchmark": "ce_transfer", "n_queries": int(judg["query_id"].nunique()), "n_pairs": len(judg),
+    res: dict = {"benchmark": "ce_transfer", **stamp(), "n_queries": int(judg["query_id"].nunique()),
+                 "n_pairs": len(judg),
                  "bienc_cos_title_brand": metrics(judg, BiEncoder(max_length=128).cosine(qs, ts)), "models": {}}
     for d in models:
         sc = CrossEncoderScorer(d)

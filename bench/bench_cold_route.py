@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ltr.data.provenance import stamp
+
 
 def run_config(config: Path, run_dir: Path):
     """The run's training config at its tuned operating point (reports/summary.json, trials.csv)."""
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     for seed in tqdm(range(first_seed, first_seed + a.splits), desc="splits"):
         splits.append(one_split(frame, cfg, seed))
     res = {"benchmark": "bench_cold_route", "run_dir": str(a.run_dir), "config": str(a.config), "dev": a.dev,
-           "queries": int(frame["query_id"].nunique()), "test_fraction": cfg.test_fraction,
+           **stamp(), "queries": int(frame["query_id"].nunique()), "test_fraction": cfg.test_fraction,
            "run_split_seed": None if a.dev else run_seed,
            "metric": "ndcg@10 (ESCI gains), test queries with engagement absent", **summarise(splits),
            "splits": [s | {"ndcg@10": {k: round(float(v.mean()), 4) for k, v in s["ndcg@10"].items()}} for s in splits],

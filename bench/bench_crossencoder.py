@@ -32,6 +32,7 @@ import torch
 from scipy.stats import spearmanr
 
 from bench.bench_ce_quality import esci_dir, load_esci
+from ltr.data.provenance import stamp
 
 
 def build_untrained(out: Path, max_length: int, seed: int = 0, head: str = "cls") -> Path:
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     ref = outs["sentence_transformers"]
     st_best = min(times["sentence_transformers"])
-    res = {"benchmark": "crossencoder_speed", "n_pairs": len(pairs),
+    res = {"benchmark": "crossencoder_speed", **stamp(), "n_pairs": len(pairs),
            "model": str(a.model or f"fresh-head MiniLM ({a.head})"), "compared": "logits" if raw else "sigmoid",
            "st_trust_remote_code": remote,
            "max_length": ref_scorer.max_length, "threads": a.threads, "rounds": a.rounds,

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ltr.data.provenance import stamp
+
 
 def _rss_mb() -> float:
     """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries it over fork and exec, so a Dask
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
         return run_mode(a)
     import xgboost
 
-    res = {"benchmark": "bench_dask", "rows": a.rows, "features": a.features, "trees": a.trees,
+    res = {"benchmark": "bench_dask", **stamp(), "rows": a.rows, "features": a.features, "trees": a.trees,
            "rows_per_query": a.group, "workers": a.workers, "threads_single_process": a.workers,
            "data": "bench.bench_train.make_data (synthetic, see module docstring)",
            "load_avg_1m_start": os.getloadavg()[0], "cpu_count": os.cpu_count(),

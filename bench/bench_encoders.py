@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ltr.data.provenance import stamp
+
 
 def _timed(fn) -> tuple[float, float]:
     t, c = time.perf_counter(), time.process_time()
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     queries = jud[["query_id", "query"]].drop_duplicates("query_id")
     qs, ts = pair_texts(jud, prods, queries)
     texts = list(dict.fromkeys(ts))
-    res = {"benchmark": "bench_encoders", "pairs": len(qs), "distinct_product_texts": len(texts),
+    res = {"benchmark": "bench_encoders", **stamp(), "pairs": len(qs), "distinct_product_texts": len(texts),
            "torch_threads": 2, "load_avg_1m_start": os.getloadavg()[0]}
     BiEncoder(max_length=FEATURE_MAX_LENGTH).encode(texts[:32])  # weights into the page cache
     be = BiEncoder(max_length=FEATURE_MAX_LENGTH)

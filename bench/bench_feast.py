@@ -26,6 +26,7 @@ import pandas as pd
 from features.config import FeaturesConfig, RedisConfig
 from features.lexical import LEXICAL_FEATURES
 from features.store import LtrStore
+from ltr.data.provenance import stamp
 
 
 def make_source(features_dir: Path, rows: int, per_query: int = 100, seed: int = 0) -> list[str]:
@@ -114,7 +115,7 @@ def main() -> None:
     ap.add_argument("--backends", default="sqlite,redis")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"rows": args.rows, "features_per_row": len(LEXICAL_FEATURES), "host": platform.node(),
+    res: dict = {"rows": args.rows, **stamp(), "features_per_row": len(LEXICAL_FEATURES), "host": platform.node(),
                  "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(), "backends": {}}
     with tempfile.TemporaryDirectory(prefix="bench_feast_") as tmp:
         work = Path(tmp)

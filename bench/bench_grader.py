@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from ltr.data.esci import esci_sample_dir as esci_dir
+from ltr.data.provenance import stamp
 
 
 def load_esci(root: Path | None = None) -> pd.DataFrame:
@@ -115,6 +116,7 @@ def run(
     }
     res = {
         "benchmark": "grader_vs_zero_shot_heldout_esci",
+        **stamp(),
         "test_frac": test_frac,
         "seeds": list(seeds),
         "config": GraderConfig(progress=False, **cfg_kw).fingerprint_dict(),

@@ -18,6 +18,8 @@ import shutil
 import time
 from pathlib import Path
 
+from ltr.data.provenance import stamp
+
 
 def run(out: Path, seed: int = 7, world: Path | None = None, rerun: bool = False) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,6 +40,7 @@ def run(out: Path, seed: int = 7, world: Path | None = None, rerun: bool = False
     meta = json.loads((lab_dir / "grader" / "grader.json").read_text())
     res = {
         "benchmark": "grader_pipeline",
+        **stamp(),
         "world": str(world),
         "world_seed": seed,
         "cpu_count": os.cpu_count(),

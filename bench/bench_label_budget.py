@@ -7,6 +7,8 @@ Irrelevant@10 against the human grades, cold (engagement absent: the catalog's l
     (a) the zero-shot bi-encoder (`bienc_cos`)            (b) BM25 over titles (`lex_bm25_title`)
     (c) the registered champion, as it scores a cold query (reports/test_scores.parquet)
     (d) the champion's recipe with every training query's human grade as its content label (the ceiling)
+    (e) the run's cross-encoder recipe fine-tuned on purchase labels of the simulated logs instead, alone
+        (the "1.5M purchase labels" arm), beside the grader-label cross-encoder alone (`ce_score`)
     (f) the grader itself as a ranker (its expected grade, from the run's labels)
 
 each with the paired difference to (a) and its 95% bootstrap CI over test queries. Then two curves of (c)'s
@@ -27,22 +29,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ltr.data.provenance import stamp
+
 K = 10
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def per_query(test: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
@@ -148,7 +143,26 @@ class Study:
         return set(np.random.default_rng(seed).choice(qs, size=min(n, len(qs)), replace=False).tolist())
 
 
-def arms(st: Study) -> list[dict]:
+def engagement_ce(st: Study, run_dir: Path) -> np.ndarray:
+    """Arm (e): the run's cross-encoder recipe fine-tuned on purchase labels (the smoothed purchase rate of
+    the simulated logs, `ltr.pipeline.purchase_targets`) of the training queries, scoring the test pairs
+    alone. Fitted once into RUN/bench_label_budget/ce_engagement and reused."""
+    from features.crossencoder import CrossEncoderScorer, fine_tune_cross_encoder, score_pairs
+    from ltr.pipeline import purchase_targets
+    mdir = run_dir / "bench_label_budget" / "ce_engagement"
+    if not (mdir / "ltr_cross_encoder.json").exists():
+        cutoff = pd.Timestamp(json.loads((run_dir / "reports" / "train_metrics.json").read_text())["cutoff"])
+        targets = purchase_targets(st.ds, cutoff)
+        targets = targets[targets["query_id"].isin(set(st.train["query_id"]))].reset_index(drop=True)
+        print(f"  (e) fine-tuning the cross-encoder on {len(targets)} purchase-labelled training pairs", flush=True)
+        fine_tune_cross_encoder(targets, st.ds.products, st.ds.queries, mdir, st.cfg.cross_encoder, seed=st.cfg.seed)
+    scored = score_pairs(st.test[["query_id", "product_id"]], st.ds.products, st.ds.queries,
+                         CrossEncoderScorer(mdir), progress=True)
+    return st.test[["query_id", "product_id"]].merge(scored, on=["query_id", "product_id"], how="left")[
+        "ce_score"].to_numpy()
+
+
+def arms(st: Study, run_dir: Path | None = None) -> list[dict]:
     test = st.test
     sc = test[["query_id", "product_id"]].merge(st.scores, on=["query_id", "product_id"], how="left")
     lab = test[["query_id", "product_id"]].merge(st.labels, on=["query_id", "product_id"], how="left")
@@ -160,7 +174,10 @@ def arms(st: Study) -> list[dict]:
             ("(c) trees without ce_score, grader labels", st.trees(st.train["content_score"].to_numpy(), False)),
             ("(d) champion recipe, all human labels", st.trees(np.nan_to_num(human, nan=0.5), True)),
             ("(d) trees without ce_score, all human labels", st.trees(np.nan_to_num(human, nan=0.5), False)),
-            ("(f) the grader as a ranker", lab["score"].fillna(0).to_numpy())]
+            ("(f) the grader as a ranker", lab["score"].fillna(0).to_numpy()),
+            ("cross-encoder on grader labels alone (ce_score)", test["ce_score"].fillna(-1e9).to_numpy())]
+    if run_dir is not None:
+        rows.append(("(e) cross-encoder on simulated purchase labels alone", engagement_ce(st, run_dir)))
     return [arm_row(name, per_query(test, s), base) for name, s in rows]
 
 
@@ -223,16 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="50,160,500,2000,8000")
     ap.add_argument("--kappas", default="0.3,0.5,0.7,1.0")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-engagement-ce", action="store_true",
+                    help="skip arm (e), the cross-encoder fine-tuned on purchase labels (minutes on a CPU)")
     a = ap.parse_args(argv)
     t0 = time.time()
     st = Study(a.run_dir, a.config)
-    result = {"bench": "label_budget", "commit": _commit(), "date": time.strftime("%Y-%m-%d"),
+    result = {"bench": "label_budget", **stamp(),
               "dataset": str(st.ds.root), "run_dir": str(a.run_dir),
               "n_test_queries": int(st.test["query_id"].nunique()),
               "n_train_queries": int(st.train["query_id"].nunique()), "pilot_queries": len(st.seed_queries),
               "split_seed": st.cfg.seed, "metric": "NDCG@10, ESCI gains, cold (engagement absent)",
               "engagement": "simulated (no logs come with the catalog)"}
-    result["arms"] = arms(st)
+    result["arms"] = arms(st, None if a.no_engagement_ce else a.run_dir)
     for r in result["arms"]:
         print(f"{r['arm']:<52} ndcg@10 {r['ndcg@10']:.4f}  irr@10 {r['irrelevant@10']:.4f}  vs (a) "
               f"{r['vs_bienc']['diff']:+.4f} [{r['vs_bienc']['ci95'][0]:+.4f}, {r['vs_bienc']['ci95'][1]:+.4f}]",

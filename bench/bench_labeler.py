@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from ltr.data.provenance import stamp
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -58,7 +60,7 @@ def main() -> None:
     finally:
         srv.stdin.close()
         srv.wait(timeout=10)
-    res = {"latency_s": a.latency, "concurrency_1": one, "concurrency_16": many,
+    res = {"latency_s": a.latency, **stamp(), "concurrency_1": one, "concurrency_16": many,
            "speedup": round(many["pairs_per_s"] / one["pairs_per_s"], 2), "goal_speedup": 10.0}
     res["meets_goal"] = res["speedup"] >= 10.0
     a.out.mkdir(parents=True, exist_ok=True)

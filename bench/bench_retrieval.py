@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ltr.data.provenance import stamp
+
 
 def recall(retrieved: pd.DataFrame, judged: pd.DataFrame, min_grade: int) -> dict[str, float]:
     """Share of judged pairs with grade >= min_grade that each retriever (and the union) returned within k."""
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     mined = mine(r, MiningConfig(top=a.top))
     j = ds.judgments
     res = {"dataset": str(ds.root), "products": len(ds.products), "queries": len(ds.queries), "k": a.k, "top": a.top,
-           "retrieved_pairs": len(r), "retrieve_seconds": round(secs, 1),
+           **stamp(), "retrieved_pairs": len(r), "retrieve_seconds": round(secs, 1),
            "peak_rss_mb_after_retrieve": round(rss_retrieve),
            "recall_exact": recall(r, j, 3), "recall_exact_or_substitute": recall(r, j, 2),
            "levels": levels_vs_grades(mined, j),

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from bench.scale_stages import make_log, proxy_inputs
+from ltr.data.provenance import stamp
 
 ENCODER = {"labels": "pairs", "bi_encoder": "texts", "ce_score": "pairs", "ce_finetune": "pairs",
            "cross_encoder_stage": "pairs"}
@@ -303,7 +304,7 @@ def main() -> None:
     logs = ensure_logs(args, work) if args.log_scales else None
     runs += log_runs(args, work)
     runs += projections(runs, args.scales, work) + cross_encoder_stage(runs, args.scales, work)
-    res = {"benchmark": "scale", "cpu_count": os.cpu_count(), "config": "configs/default.yaml",
+    res = {"benchmark": "scale", **stamp(), "cpu_count": os.cpu_count(), "config": "configs/default.yaml",
            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "logs": logs, "goals": goals(runs), "exponents": fits(runs), "runs": runs,
            "total_s": round(time.time() - t0, 1)}

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from ltr.data.esci import esci_sample_dir
+from ltr.data.provenance import stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"warm_p50_ms": 10, "warm_p99_ms": 25, "new_query_p99_ms": 150, "ndcg_gap": 0.005, "startup_s": 30,
@@ -407,7 +408,8 @@ def run(out: Path, work: Path, n_candidates: int = 100, warm_n: int = 200, secon
     new_reqs = requests_for(prep, n_candidates, prep["test_queries"], seed=1)
     judged = pd.read_parquet(Path(prep["dataset"]) / "judgments.parquet", columns=["query_id"])["query_id"]
     more_new = requests_for(prep, n_candidates, sorted(set(judged) - set(prep["test_queries"])), seed=1)
-    res: dict = {"benchmark": "ranking service over real HTTP (bench/bench_serving.py)", "goals_set": GOALS,
+    res: dict = {"benchmark": "ranking service over real HTTP (bench/bench_serving.py)", **stamp(),
+                 "goals_set": GOALS,
                  "n_candidates": n_candidates, "catalog_products": prep["n_products"],
                  "held_out_queries": len(prep["test_queries"]), "model_features": len(prep["model_features"]),
                  "setup_seconds": round(setup_s, 1), "cpu": _cpu(),

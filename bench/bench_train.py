@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ltr.data.provenance import stamp
+
 
 def make_data(rows: int, features: int, group: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "the wall time on idle cores (perfect scaling; spin-waiting inflates fit_cpu_s when cores "
                  "are oversubscribed)"),
         "predict_100k_s": round(t_pred, 3), "goal_fit_s": 120, "meets_goal": t_fit < 120,
-        "xgboost": xgboost.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        "xgboost": xgboost.__version__, "python": platform.python_version(), **stamp(),
         "cpu_count_visible": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_avg_1m_after_fit": load_start,

@@ -49,6 +49,7 @@ import torch
 
 from bench.bench_ce_quality import parse_set
 from ltr.data import metrics as M
+from ltr.data.provenance import stamp
 
 ARMS = ("zero_shot", "curriculum", "unordered", "random", "curriculum_last")
 METRICS = ("ndcg@10", "ndcg_exp@10", "irrelevant@10", "recall@50", "exact@50")
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = TwoTowerConfig(**{**BENCH_DEFAULTS, **parse_set(a.set)})
     out = Path(a.out)
     work = out / "twotower"
-    res = {"benchmark": "twotower", "budget_per_fold": a.budget, "folds": a.folds, "seed": a.seed,
+    res = {"benchmark": "twotower", **stamp(), "budget_per_fold": a.budget, "folds": a.folds, "seed": a.seed,
            "labeler": "human grade where judged, else the local grader (labels FineTunedGrader) fitted on the "
                       "training folds' human grades; no capable LLM is reachable",
            "config": cfg.model_dump(mode="json"), "datasets": {},
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> dict:
         res["datasets"][name] = run_dataset(data, a, cfg, work / name)
         res["datasets"][name]["run"] = {
             "argv": sys.argv[1:] if argv is None else argv, "config": res["config"], "host": res["host"],
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **stamp()}
     res["seconds_this_run"] = round(time.time() - t0, 1)
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out.mkdir(parents=True, exist_ok=True)

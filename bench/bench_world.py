@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ltr.data.esci import esci_sample_dir
+from ltr.data.provenance import stamp
 from ltr.sim.world import WorldConfig, generate_world
 
 
@@ -56,7 +57,8 @@ def main() -> None:
                         "queries_top_clicked_irrelevant": rep["queries_top_clicked_irrelevant"]}
             print(json.dumps(esci_res))
     args.out.mkdir(parents=True, exist_ok=True)
-    res = {"benchmark": "world", "cpu_count": os.cpu_count(), "world": runs, "esci_simulated_engagement": esci_res}
+    res = {"benchmark": "world", **stamp(), "cpu_count": os.cpu_count(), "world": runs,
+           "esci_simulated_engagement": esci_res}
     (args.out / "bench_world.json").write_text(json.dumps(res, indent=2) + "\n")
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 
 from ltr.data.dataset import Dataset
 from ltr.data.engagement import COUNT_COLUMNS, smoothed_rate
+from ltr.data.provenance import stamp
 from ltr.run_config import RunConfig
 
 
@@ -600,6 +601,7 @@ def _run_stages(cfg: RunConfig, out: str | Path, skip_experiments: bool) -> dict
         run.summary["evaluate_esci"] = ev
     run.summary["timings_s"] = run.timings
     run.summary["total_s"] = round(time.time() - t0, 1)
+    run.summary.update(stamp())
     (paths.reports / "summary.json").write_text(json.dumps(run.summary, indent=2, default=str) + "\n")
     return run.summary
 

@@ -136,7 +136,8 @@ def test_the_label_view_holds_only_the_human_labels_it_is_given(tmp_path):
     seed = sorted(jud["query_id"].unique())[:3]
     from ltr.data.schemas import LABELS
     lab = pd.DataFrame({"query_id": jud["query_id"], "product_id": jud["product_id"], "score": 0.5,
-                        "p0": 0.25, "p1": 0.25, "p2": 0.25, "p3": 0.25, "backend": "grader", "model": "m", "prompt_version": "v", "cost": 0.0,
+                        "p0": 0.25, "p1": 0.25, "p2": 0.25, "p3": 0.25, "backend": "grader", "model": "m",
+                        "prompt_version": "v", "cost": 0.0,
                         "created_at": pd.Timestamp("2024-01-01", tz="UTC")})
     lab = LABELS.validate(lab, where="test")
     cfg = FeaturesConfig(families=["labels"])
