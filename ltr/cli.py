@@ -34,6 +34,15 @@ TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow store holding th
                            f"$MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI}).")
 
 
+@app.callback()
+def _main(verbose: int = typer.Option(0, "--verbose", "-v", count=True, envvar="LTR_VERBOSE",
+                                      help="Also show other libraries' logs and warnings: -v INFO (and DEBUG "
+                                      "from ours), -vv DEBUG from all. Default: our lines and progress bars, "
+                                      "other libraries' WARNINGs.")) -> None:
+    from ltr.logs import configure
+    configure(verbose)
+
+
 def _fail(msg: str) -> None:
     msg = " ".join(str(msg).split())  # one line, whatever the library message looked like
     typer.secho(f"error: {msg}", err=True, fg=typer.colors.RED)
