@@ -1,7 +1,7 @@
 """Benchmark: the cold route's choice rule over many query splits of a finished run's training frame.
 
 One held-out split of the ESCI sample (29 of 94 queries) cannot tell two routes apart: its standard error is
-larger than their difference (README, "Cold queries"). This benchmark re-splits the run's training frame by
+larger than their difference (docs/cold.md). This benchmark re-splits the run's training frame by
 query (70/30, seeds 0..N-1; the run's own split is its `seed`, flagged in the JSON), and on every split
 fits the trees at the run's operating point, chooses the cold route on the training part under each status
 quo, rule and gate (`ltr.cold_route.STATUS_QUO` x `RULES` x gate on/off, all from the same cross-validated

@@ -1,4 +1,4 @@
-"""Benchmark: encoder throughput for capacity planning (README "Beyond one machine: Dask").
+"""Benchmark: encoder throughput for capacity planning (docs/scale.md).
 
 Bi-encoder product texts per second and cross-encoder pairs per second on the ESCI sample's real text,
 2 torch threads, wall and CPU time (per CPU-second is the figure to scale by cores, and the one to trust

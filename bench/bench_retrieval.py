@@ -7,7 +7,7 @@ pairs that have one: whether the levels sort pairs the way their names say is me
 
 Cost: wall time and peak RSS of `retrieve` on the sample, and the exact top-k (matrix product + partial sort)
 per query on synthetic unit vectors at larger catalog sizes, one BLAS thread: what decides when an ANN index
-is needed (README "Retrieval and mining").
+is needed (docs/retrieval.md).
 
     python -m bench.bench_retrieval --out DIR [--esci DIR] [--k 50] [--top 10] [--sizes 100000 400000]
 """

@@ -22,7 +22,7 @@ length proxy (<= 3 words vs longer) is reported.
         [--only-folds 0] [--arms zero_shot curriculum unordered random] [--set lr=5e-5 ...]
 
 Resumable: each (dataset, fold, arm) writes its per-query metrics under DIR/twotower/ and is skipped when
-there; `twotower.json` and `twotower.md` (the README table) are rebuilt from whatever is done, keeping the
+there; `twotower.json` and `twotower.md` (the table in docs/retrieval.md) are rebuilt from whatever is done, keeping the
 datasets an earlier run wrote and this one did not redo (each dataset records its own run: argv, config,
 peak RSS, and `seconds_recorded`, the labelling + arm seconds summed over every run that made its figures).
 """
@@ -348,7 +348,7 @@ def _ci(c: dict | None) -> str:
 
 
 def markdown(res: dict) -> str:
-    """The README tables: means per arm, then each difference with its 95% paired-bootstrap interval."""
+    """The tables of docs/retrieval.md: means per arm, then each difference with its 95% paired-bootstrap interval."""
     lines = ["| dataset | arm | queries | NDCG@10 ESCI | NDCG@10 exp | Irrelevant@10 | recall@50 | exact@50 |",
              "|---|---|---|---|---|---|---|---|"]
     for name, d in res["datasets"].items():

@@ -585,7 +585,7 @@ def run_tables(name: str, runs: Path) -> list[Table]:
 
 
 def run_names(runs: Path) -> list[str]:
-    """The runs the README reports (default, homedepot), then any other run directory that has reports."""
+    """The runs the docs report (default, homedepot), then any other run directory that has reports."""
     found = sorted(p.parent.parent.name for p in runs.glob("*/reports/*.json"))
     return list(dict.fromkeys(["default", "homedepot", *found]))
 

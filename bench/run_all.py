@@ -15,6 +15,7 @@ from pathlib import Path
 BENCHES = ["bench_world", "bench_train", "bench_feast", "bench_crossencoder", "bench_labeler",
            "bench_serving", "bench_grader", "bench_ce_quality", "bench_ce_transfer", "bench_dask", "bench_encoders",
            "bench_retrieval", "bench_twotower", "bench_cold_route",
+           "bench_counterfactual",
            "bench_scale"]
 
 
@@ -28,7 +29,7 @@ SERVING_BASELINE_REV = "0f27b42"
 
 def extra_args(name: str) -> list[str]:
     """When `make run` has been run, the speed benchmark measures its fine-tuned cross-encoder and the
-    held-out quality benchmark also trains on its LLM labels table (the figures the README reports);
+    held-out quality benchmark also trains on its LLM labels table (the figures docs/features.md reports);
     otherwise a fresh-head MiniLM cross-encoder and ESCI grades alone. The serving benchmark always runs the
     baseline service beside (~7 min more), for ratios measured on the same machine and load."""
     if name == "bench_serving":  # the serving issue's acceptance: its goals with ratios to the service it found

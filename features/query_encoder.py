@@ -3,7 +3,7 @@
 Why: a query the service has not met is embedded on the request path, before the cross-encoder can start
 under the request's deadline. With torch that pass cost 13-17 ms on one AVX2 core (Python dispatch through
 ~110 modules and small matrix products at ~9 GFLOP/s), with ONNX Runtime's fused graph ~6 ms
-(`bench/bench_serving.py`; README, "Serving, measured"); each millisecond saved goes to the cross-encoder.
+(`bench/bench_serving.py`; docs/serving.md); each millisecond saved goes to the cross-encoder.
 
 Only queries: product embeddings still come from the offline build (torch, through the embedding cache),
 and the offline feature build and `ltr evaluate` embed queries with torch as before. The recipe is

@@ -338,11 +338,15 @@ def features_materialize(features_dir: Path = typer.Option(..., "--features"), c
 @_guard
 def run(config: Optional[Path] = ConfigOpt, out: Path = typer.Option(Path("runs/default"), "--out"),
         seed: Optional[int] = SeedOpt,
-        skip_experiments: bool = typer.Option(False, help="Stop after train/tune/register/evaluate.")) -> None:
+        skip_experiments: bool = typer.Option(False, help="Stop after train/tune/register/evaluate."),
+        skip_evaluate: bool = typer.Option(False, help="Leave out the champion's check on a never-seen judged "
+                                           "dataset (evaluate.enabled: false).")) -> None:
     """The main job: world -> labels -> features -> train -> tune -> experiments -> register -> evaluate."""
     from ltr.pipeline import run_all
     from ltr.report import summary_table
     cfg = _config(config, seed)
+    if skip_evaluate:
+        cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"enabled": False})})
     s = run_all(cfg, out, skip_experiments=skip_experiments)
     typer.echo("\n" + summary_table(s, json_path=str(out / "reports" / "summary.json")))
 
@@ -360,15 +364,35 @@ def experiments(config: Optional[Path] = ConfigOpt, out: Path = typer.Option(Pat
 
 @app.command()
 @_guard
-def evaluate(dataset: Path = typer.Option(..., "--dataset", help="Judged dataset dir (products + judgments)."),
+def evaluate(dataset: Optional[Path] = typer.Option(None, "--dataset", help="Judged dataset dir (products + "
+                                                    "judgments). Required unless --counterfactual."),
              model: str = typer.Option(..., "--model", help="e.g. models:/ltr-ranker@champion"),
-             out: Path = typer.Option(..., "--out", help="JSON report to write."),
+             out: Optional[Path] = typer.Option(None, "--out", help="JSON report to write (required unless "
+                                                "--counterfactual)."),
              ce_model: Optional[Path] = typer.Option(None, "--ce-model", help="Cross-encoder dir for ce_score "
                                                      "(default: the one the registered model carries)."),
-             tracking_uri: Optional[str] = TrackingOpt) -> None:
+             tracking_uri: Optional[str] = TrackingOpt,
+             counterfactual: bool = typer.Option(False, "--counterfactual", help="Instead: the model's clicks and "
+                                                 "add-to-carts per search in the top 10, estimated from an "
+                                                 "impression log (clipped IPS, SNIPS, direct model, doubly "
+                                                 "robust; 95% bootstrap CIs) beside the logging ranker's."),
+             logs: Optional[Path] = typer.Option(None, "--logs", help="Dataset dir with impressions.parquet for "
+                                                 "--counterfactual (default: --dataset).")) -> None:
     """Score a judged dataset the model never saw: NDCG@10 (ESCI and exponential gains), Irrelevant@10."""
     from ltr.evaluate import evaluate_dataset
     from ltr.tracking import resolve_tracking_uri
+    if counterfactual:
+        from ltr.counterfactual.offline import counterfactual_report, summary_lines
+        if logs is None and dataset is None:
+            _fail("--counterfactual needs an impression log. Fix: pass --logs DATASET (a dataset dir with "
+                  "impressions.parquet).")
+        rep = counterfactual_report(logs or dataset, model, out, cross_encoder=ce_model,
+                                    tracking_uri=resolve_tracking_uri(tracking_uri))
+        typer.echo("\n".join(summary_lines(rep)))
+        return
+    for value, name in ((dataset, "--dataset"), (out, "--out")):
+        if value is None:
+            _fail(f"Missing option '{name}'. Fix: pass {name} (it is optional only with --counterfactual).")
     rep = evaluate_dataset(dataset, model, out, ce_path=ce_model, tracking_uri=resolve_tracking_uri(tracking_uri))
     _echo_json({k: v for k, v in rep.items() if not isinstance(v, (dict, list))})
 

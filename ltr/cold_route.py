@@ -3,7 +3,7 @@
 Why a route: trees trained where most rows have logs spend their gain on engagement, and for a query
 without any they fall back on default branches. Masking engagement in training (`train.cold_query_share`)
 teaches them a content path, but on the ESCI sample that path still ranked below the zero-shot bi-encoder
-(README, "Cold queries"). So the model carries a second scorer for fully cold queries, chosen at training
+(docs/cold.md). So the model carries a second scorer for fully cold queries, chosen at training
 time **on the training queries only**: K-fold cross-validation grouped by query scores every training query
 with models that never saw it, engagement masked; the held-out test queries take no part. Candidates:
 
@@ -20,7 +20,7 @@ than one standard error of the paired per-query difference; among the kinds that
 (`rule="one_se"`: the simplest within one standard error of the best). The status quo is the trees
 (`status_quo="trees"`, `train.cold_route: auto`) or the zero-shot bi-encoder (`"zero_shot"`,
 `train.cold_route: zero_shot`; the trees where the model has no `bienc_cos`). Neither wins everywhere
-(`bench/bench_cold_route.py`, README "Cold queries"): over query splits of the ESCI sample the bi-encoder
+(`bench/bench_cold_route.py`, docs/cold.md): over query splits of the ESCI sample the bi-encoder
 as status quo ranked held-out cold queries higher on average, and on the built-in world too, while on the
 synthetic shop of `tests/test_cold_start.py` it fell below the content-only model; the trees stay the default
 because that floor is the rule the model must keep.
@@ -32,7 +32,7 @@ standard error. Why: a kind's nested figure is honest for that kind, but taking 
 comparing its figure with the status quo's is the selection bias of reporting a winner's own
 cross-validated score (Varma & Simon 2006; Cawley & Talbot 2010). The gate favours the status quo: that pays
 where the status quo fits nothing (no fold can overfit the zero-shot bi-encoder) and costs where it is the
-trees, whose cold path is weak (README "Cold queries", gated against ungated over query splits), so it is on
+trees, whose cold path is weak (docs/cold.md, gated against ungated over query splits), so it is on
 with the zero-shot status quo only.
 
 A query is cold when every engagement feature of every one of its candidates is missing; warm queries, and

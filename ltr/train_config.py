@@ -88,14 +88,14 @@ class TrainConfig(StrictConfig):
     cold_query_share: float = Field(0.0, ge=0, lt=1, description="share of training queries whose engagement "
                                     "features are masked (NaN) in training and labelled by content alone, as "
                                     "for queries without logs (opt-in: on the built-in world 0.5 cost warm and "
-                                    "cold NDCG@10; see README, cold queries)")
+                                    "cold NDCG@10; see docs/cold.md)")
     cold_product_share: float = Field(0.0, ge=0, lt=1, description="share of products whose engagement "
                                       "features are masked in training, as for products without history")
     cold_route: Literal["auto", "zero_shot", "off"] = Field(
         "auto", description="auto: the registered model carries a scorer for queries whose candidates have no "
         "engagement at all, chosen by cross-validation on the training queries (ltr.cold_route), where the trees "
         "keep them unless another scorer beats them beyond noise; zero_shot: the zero-shot bi-encoder is the "
-        "scorer to beat, and the whole choice must beat it out of fold too (the gate; README, cold queries: "
+        "scorer to beat, and the whole choice must beat it out of fold too (the gate; docs/cold.md: "
         "better on average on the ESCI sample, worse on a synthetic shop); off: the trees score every query")
 
     @field_validator("engagement_metric")

@@ -87,7 +87,7 @@ def test_masked_training_lifts_cold_queries_and_keeps_warm():
     warm_only, _ = evaluate_ranker(fit_ranker(train, warm_only_cfg), test, warm_only_cfg)
     assert champion["ndcg@10/cold"] > warm_only["ndcg@10/cold"] + 0.005
     assert champion["ndcg@10"] >= warm_only["ndcg@10"] - 0.005 and champion["ndcg@10"] > floor["ndcg@10"]
-    # the gap to the content-only model that is left (see README, cold queries): within 0.01 here
+    # the gap to the content-only model that is left (see docs/cold.md): within 0.01 here
     assert champion["ndcg@10/cold"] > floor["ndcg@10"] - 0.01
 
 

@@ -7,7 +7,7 @@ chunks that keep the score matrix under ~256 MB; it embeds the same texts with t
 `bienc_cos` feature (`features.biencoder.default_biencoder`) through the machine's embedding cache
 (`ltr.data.embedding_cache`), so a killed retrieval resumes from the stored chunks and the main job's
 feature stage finds every product embedding already there. Exact search is the right tool up to a few
-million products on CPU: see README "Retrieval and mining" for when an ANN index (faiss, hnswlib) is needed.
+million products on CPU: see docs/retrieval.md for when an ANN index (faiss, hnswlib) is needed.
 """
 from __future__ import annotations
 

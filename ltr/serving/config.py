@@ -20,7 +20,7 @@ class ServedLogConfig(StrictConfig):
 
 
 class ServingConfig(StrictConfig):
-    """Bounds, phases and reload of the ranking service (defaults measured on 2 cores, see README)."""
+    """Bounds, phases and reload of the ranking service (defaults measured on 2 cores, see docs/serving.md)."""
 
     #: candidates per request at most (422 beyond)
     max_candidates: int = Field(1000, ge=1)
@@ -31,7 +31,7 @@ class ServingConfig(StrictConfig):
     #: requests in progress at once; beyond it 503 with Retry-After, instead of an unbounded queue
     max_inflight: int = Field(32, ge=1)
     #: second phase: the cross-encoder scores the first phase's top k candidates (10: the NDCG@10 cut-off;
-    #: the bench's curve over k is in the README) ...
+    #: the bench's curve over k is in docs/serving.md) ...
     rerank_k: int = Field(10, ge=0)
     #: ... within this many milliseconds of the request's arrival; pairs not scored by then stay missing
     #: (130: a new query's first phase ~30 ms + one pass of 10 int8 pairs ~90 ms on 2 AVX2 cores, with room

@@ -1,0 +1,1 @@
+"""Counterfactual evaluation from impression logs: position propensities and offline engagement estimates."""
