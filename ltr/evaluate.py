@@ -57,7 +57,10 @@ def _assembler(ds: Dataset, lm, bi_encoder, features_dir, on_missing: str, where
     if features_dir is not None:
         from features.store import LtrStore
         store = LtrStore(features_dir)
-    ondemand = OnDemandFeatures(ds.products, cross_encoder=lm.cross_encoder, bi_encoder=bi_encoder)
+    from ltr.data.embedding_cache import default_cache_dir
+    # product embeddings from the machine's cache (the feature stage and earlier evaluations fill it)
+    ondemand = OnDemandFeatures(ds.products, cross_encoder=lm.cross_encoder, bi_encoder=bi_encoder,
+                                embedding_cache=default_cache_dir())
     asm = FeatureAssembler(lm.features, ondemand, store, on_missing="nan")
     unexpected = [f for f in asm.missing if not is_engagement(f)]  # absent engagement is the normal case
     if unexpected and on_missing == "error":
