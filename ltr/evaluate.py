@@ -24,6 +24,7 @@ import pandas as pd
 from features.ondemand import OnDemandFeatures, is_engagement
 from ltr.data import metrics as M
 from ltr.data.dataset import Dataset
+from ltr.data.provenance import stamp
 
 from .cold_route import routed_scores
 from .serving.assemble import FeatureAssembler
@@ -155,7 +156,7 @@ def evaluate_dataset(dataset_dir: str | Path, model_uri: str, out_path: str | Pa
         result["bienc_zero_shot"] = {f"ndcg@{k}": _mean(base[f"ndcg@{k}"]),
                                      f"irrelevant@{k}": _mean(base[f"irrelevant@{k}"]),
                                      "model_vs_bienc": M.paired_bootstrap(per[f"ndcg@{k}"], base[f"ndcg@{k}"])}
-    result = M.nan_to_none(result)
+    result = M.nan_to_none({**result, **stamp()})
     if out_path is not None:
         _write_json(result, out_path)
     return result

@@ -516,7 +516,7 @@ def stage_experiments(cfg: RunConfig, paths: RunPaths, frame: pd.DataFrame, tune
                                  notes=[f"dataset: {ds_dir} (engagement "
                                         f"{'simulated' if ds.engagement_simulated else 'logged'})"])
     (paths.reports / "experiments.md").write_text(md)
-    (paths.reports / "experiments.json").write_text(json.dumps(result, indent=2) + "\n")
+    (paths.reports / "experiments.json").write_text(json.dumps({**result, **stamp()}, indent=2) + "\n")
     print(md)
     return result
 
