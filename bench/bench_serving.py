@@ -18,6 +18,9 @@ catalog ones):
   new_query      each held-out query once, never seen before (cross-encoder cache cold), then each training
                  query once (also never sent before): latency over all of them (94 on the ESCI sample)
   warm           the same requests again
+  explain        warm requests with and without `"explain": true` alternating on the same candidates, 20
+                 results returned (the workbench's list; goal: explain p50 <= 2x plain), and every candidate
+                 returned (explain_all_results: TreeSHAP on all 100 rows)
   concurrency8   8 clients sending warm requests for --seconds: requests/s, p50, p99
   quality        NDCG@10 (ESCI gains) on the held-out queries of the phased rankings served in `new_query`
                  against every pair scored by the fp32 (torch) cross-encoder without deadline (same model,
@@ -47,7 +50,7 @@ from ltr.data.provenance import stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"warm_p50_ms": 10, "warm_p99_ms": 25, "new_query_p99_ms": 150, "ndcg_gap": 0.005, "startup_s": 30,
-         "conc8_rps_x_baseline": 4, "conc8_rps_min": 64, "conc8_p99_ms": 100}
+         "conc8_rps_x_baseline": 4, "conc8_rps_min": 64, "conc8_p99_ms": 100, "explain_p50_x_plain": 2}
 
 
 def _pcts(xs: list[float]) -> dict[str, float]:
@@ -210,6 +213,28 @@ def sequential(base: str, reqs: list[dict]) -> tuple[dict, list[dict]]:
     return {**_pcts(lat), "_lat": lat}, bodies
 
 
+def explain_overhead(base: str, reqs: list[dict], n: int, top_k: int | None) -> dict:
+    """Warm requests with and without `"explain": true`, alternating on the same candidates (so the machine's
+    noise falls on both alike): the cost of taking the returned results' scores apart (TreeSHAP, one row per
+    result returned: `top_k` of them, or every candidate)."""
+    import httpx
+
+    lat: dict[str, list[float]] = {"plain": [], "explain": []}
+    extra = {"top_k": top_k} if top_k else {}
+    with httpx.Client(base_url=base, timeout=120) as c:
+        for i in range(n):
+            for kind in (("plain", "explain") if i % 2 == 0 else ("explain", "plain")):
+                t = time.perf_counter()
+                resp = c.post("/v1/rank", json={**_body(reqs[i % len(reqs)]), **extra,
+                                                "explain": kind == "explain"})
+                lat[kind].append((time.perf_counter() - t) * 1000)
+                if resp.status_code != 200:
+                    raise RuntimeError(f"/v1/rank returned {resp.status_code}: {resp.text[:300]}")
+    out = {"top_k": top_k, **{k: _pcts(v) for k, v in lat.items()}}
+    out["p50_ratio"] = round(out["explain"]["p50_ms"] / out["plain"]["p50_ms"], 2)
+    return out
+
+
 def concurrent(base: str, reqs: list[dict], clients: int, seconds: float | None = None,
                total: int | None = None, on_window=None, window: int = 2000) -> dict:
     """`clients` threads sending requests round-robin, for `seconds` or `total` requests."""
@@ -344,6 +369,9 @@ def measure(prep: dict, work: Path, code_root: Path, kwargs: dict, new_reqs: lis
         sequential(srv.base, new_reqs)  # warm-up pass, not measured: every top-k pair cached from here on
         out["warm"], warm_bodies = sequential(srv.base, [new_reqs[i % len(new_reqs)] for i in range(warm_n)])
         out["warm"].pop("_lat")
+        # 20 results: the workbench's list; every candidate: the cost when a caller asks for all of them
+        out["explain"] = explain_overhead(srv.base, new_reqs, min(warm_n, 200), top_k=20)
+        out["explain_all_results"] = explain_overhead(srv.base, new_reqs, min(warm_n, 200), top_k=None)
         out["backlog_drain_s"] = drained
         out["concurrency8"] = concurrent(srv.base, new_reqs, clients=8, seconds=seconds)
         out["ce_scored_of_wanted"] = [sum(b.get("ce_scored", 0) for b in bodies),
@@ -389,6 +417,8 @@ def goals(res: dict) -> dict:
            "startup_s<=30": cur["startup_s"] <= GOALS["startup_s"],
            "conc8_p99_ms<=100": c8["p99_ms"] <= GOALS["conc8_p99_ms"],
            "conc8_rps>=64": c8["requests_per_s"] >= GOALS["conc8_rps_min"]}
+    if "explain" in cur:
+        out["explain_p50<=2x_plain"] = cur["explain"]["p50_ratio"] <= GOALS["explain_p50_x_plain"]
     if base:
         out["conc8_rps>=4x_baseline"] = c8["requests_per_s"] >= GOALS["conc8_rps_x_baseline"] * \
             base["concurrency8"]["requests_per_s"]

@@ -15,7 +15,7 @@ from pathlib import Path
 BENCHES = ["bench_world", "bench_train", "bench_feast", "bench_crossencoder", "bench_labeler",
            "bench_serving", "bench_grader", "bench_ce_quality", "bench_ce_transfer", "bench_dask", "bench_encoders",
            "bench_retrieval", "bench_twotower", "bench_cold_route",
-           "bench_counterfactual",
+           "bench_counterfactual", "bench_unbiased", "bench_interleaving", "bench_workbench",
            "bench_scale"]
 
 

@@ -29,8 +29,12 @@ LABEL_SOURCE = TableSchema("relevance_labels", (
 
 
 def labeler_kind(backend: str) -> str:
-    """'grader' for the local fine-tuned grader backends, 'llm' for every other LLM backend."""
+    """'grader' for the local fine-tuned grader backends, 'llm' for every other LLM backend, 'human' for a
+    person's correction (labels.human, written into labels.parquet by the labels stage): the latest human
+    label wins, so a correction made after the dataset's judgment beats it."""
     b = str(backend).lower()
+    if b == "human":
+        return "human"
     return "grader" if ("grader" in b or "finetun" in b) else "llm"
 
 

@@ -27,6 +27,9 @@ label_app = typer.Typer(help="Grade (query, product) pairs with an LLM labeler; 
                         invoke_without_command=True)
 app.add_typer(features_app, name="features")
 app.add_typer(label_app, name="label")
+labels_app = typer.Typer(help="Human corrections of grades (the relevance workbench, labels/human.py): export, "
+                         "history.", no_args_is_help=True)
+app.add_typer(labels_app, name="labels")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (see configs/default.yaml).")
 SeedOpt = typer.Option(None, "--seed", help="Random seed (overrides the config's seed).")
@@ -377,7 +380,11 @@ def evaluate(dataset: Optional[Path] = typer.Option(None, "--dataset", help="Jud
                                                  "impression log (clipped IPS, SNIPS, direct model, doubly "
                                                  "robust; 95% bootstrap CIs) beside the logging ranker's."),
              logs: Optional[Path] = typer.Option(None, "--logs", help="Dataset dir with impressions.parquet for "
-                                                 "--counterfactual (default: --dataset).")) -> None:
+                                                 "--counterfactual (default: --dataset)."),
+             features: Optional[Path] = typer.Option(None, "--features", help="With --counterfactual: a features "
+                                                     "dir (`ltr features build`; a run's RUN/features) whose "
+                                                     "online store gives the model its engagement features "
+                                                     "(default: absent, NaN).")) -> None:
     """Score a judged dataset the model never saw: NDCG@10 (ESCI and exponential gains), Irrelevant@10."""
     from ltr.evaluate import evaluate_dataset
     from ltr.tracking import resolve_tracking_uri
@@ -386,7 +393,7 @@ def evaluate(dataset: Optional[Path] = typer.Option(None, "--dataset", help="Jud
         if logs is None and dataset is None:
             _fail("--counterfactual needs an impression log. Fix: pass --logs DATASET (a dataset dir with "
                   "impressions.parquet).")
-        rep = counterfactual_report(logs or dataset, model, out, cross_encoder=ce_model,
+        rep = counterfactual_report(logs or dataset, model, out, cross_encoder=ce_model, features_dir=features,
                                     tracking_uri=resolve_tracking_uri(tracking_uri))
         typer.echo("\n".join(summary_lines(rep)))
         return
@@ -422,7 +429,16 @@ def serve(model: str = typer.Option("models:/ltr-ranker@champion", "--model"),
           precompute_embeddings: bool = typer.Option(True, "--precompute-embeddings/--lazy-embeddings",
                                                      help="Have every product's bi-encoder embedding in memory "
                                                      "before the port opens (read from the embedding cache the "
-                                                     "offline build filled; computed where absent).")) -> None:
+                                                     "offline build filled; computed where absent)."),
+          challenger: Optional[str] = typer.Option(None, "--challenger", help="A second model, e.g. "
+                                                   "models:/ltr-ranker@challenger, team-draft interleaved with "
+                                                   "--model on a share of requests (`ltr interleaving` reads "
+                                                   "the outcome)."),
+          interleave_share: Optional[float] = typer.Option(None, "--interleave-share", help="With --challenger: "
+                                                           "the share of requests interleaved (default 0.5)."),
+          token: Optional[str] = typer.Option(None, "--token", envvar="LTR_WORKBENCH_TOKEN", help="Allow grade "
+                                              "corrections on /workbench with this token (sent by the page in the "
+                                              "X-Workbench-Token header); without it the page is read-only.")) -> None:
     """Serve POST /v1/rank over HTTP with the registered model (and its cross-encoder) and Feast online features.
     Settings not given keep ltr.serving.config.ServingConfig's defaults (one place for them)."""
     from ltr.serving.app import _serving_config
@@ -431,13 +447,174 @@ def serve(model: str = typer.Option("models:/ltr-ranker@champion", "--model"),
     from ltr.tracking import resolve_tracking_uri
     check_port(port)
     given = {"rerank_k": rerank_k, "ce_deadline_ms": ce_deadline_ms, "ce_backend": ce_backend,
-             "query_backend": query_backend, "reload_poll_s": reload_poll_s, "max_inflight": max_inflight}
+             "query_backend": query_backend, "reload_poll_s": reload_poll_s, "max_inflight": max_inflight,
+             "interleave_share": interleave_share}
+    if interleave_share is not None and challenger is None:
+        _fail("--interleave-share needs --challenger. Fix: pass --challenger models:/NAME@challenger.")
     cfg = _serving_config({k: v for k, v in given.items() if v is not None}, None)
     if run_dir is None and products is None:
         run_dir = Path("runs/default")
     _serve(model, run_dir=run_dir, products=products, host=host, port=port,
            tracking_uri=resolve_tracking_uri(tracking_uri), serving=cfg,
-           precompute_embeddings=precompute_embeddings)
+           precompute_embeddings=precompute_embeddings, challenger=challenger, workbench_token=token)
+
+
+@app.command()
+@_guard
+def workbench(run_dir: Path = typer.Option(Path("runs/default"), "--run-dir", help="`ltr run` output to open."),
+              model: Optional[str] = typer.Option(None, "--model", help="Default: the run's registered model."),
+              challenger: str = typer.Option("auto", "--challenger", help="Right-hand model; 'auto': NAME@challenger "
+                                             "when registered; 'none': the zero-shot baselines only."),
+              host: str = typer.Option("127.0.0.1", "--host"), port: int = typer.Option(8090, "--port"),
+              token: Optional[str] = typer.Option(None, "--token", envvar="LTR_WORKBENCH_TOKEN", help="Allow grade "
+                                                  "corrections with this token ('generate': make one and print it)."),
+              tracking_uri: Optional[str] = TrackingOpt) -> None:
+    """The relevance workbench on a run, with the ranking service built in this process (docs/workbench.md)."""
+    from ltr.serving.workbench.serve import open_workbench
+    from ltr.tracking import resolve_tracking_uri
+    open_workbench(run_dir, model=model, challenger=None if challenger == "none" else challenger, host=host,
+                   port=port, token=token, tracking_uri=resolve_tracking_uri(tracking_uri))
+
+
+@app.command()
+@_guard
+def explain(run_dir: Path = typer.Option(..., "--run-dir", help="`ltr run` output (catalog, Feast store)."),
+            query: str = typer.Option(..., "--query", help="The search text; its candidates come from the run's "
+                                      "dataset unless --product-ids is given."),
+            product_ids: Optional[str] = typer.Option(None, "--product-ids", help="Comma-separated candidates."),
+            model: str = typer.Option("models:/ltr-ranker@champion", "--model"),
+            top: int = typer.Option(10, "--top", help="Results shown."),
+            tracking_uri: Optional[str] = TrackingOpt) -> None:
+    """Why each product ranks where it does: the served score taken apart into its features' exact
+    contributions (TreeSHAP), as `/v1/rank` with "explain": true returns them."""
+    from ltr.data.dataset import Dataset
+    from ltr.data.schemas import query_id
+    from ltr.serving.app import RankRequest, create_app, rank_request
+    from ltr.serving.explain import table_lines
+    from ltr.serving.server import run_dir_settings
+    from ltr.tracking import resolve_tracking_uri
+    settings = run_dir_settings(run_dir)
+    settings.pop("log_dir")
+    ds = Dataset.load(settings.get("products", run_dir / "dataset"))
+    if product_ids is not None:
+        ids = [p.strip() for p in product_ids.split(",") if p.strip()]
+    else:
+        ids = list(ds.candidates.loc[ds.candidates["query_id"] == query_id(query.strip()), "product_id"])
+        if not ids:
+            _fail(f"--query {query!r} is not one of the run's queries. Fix: pass --product-ids P1,P2,... to rank "
+                  "those products for it.")
+    app = create_app(model, tracking_uri=resolve_tracking_uri(tracking_uri), warm=False,
+                     precompute_embeddings=False, serving={"reload_poll_s": 0}, **settings)
+    body = rank_request(app.state.service, RankRequest(query=query, product_ids=ids, top_k=top, explain=True))
+    if not isinstance(body, dict):
+        _fail(json.loads(body.body)["detail"][0]["msg"])
+    titles = ds.products.set_index("product_id")["title"].to_dict()
+    typer.echo("\n".join(table_lines(body, titles)))
+    app.state.service.close()
+
+
+@app.command()
+@_guard
+def interleaving(logs: list[Path] = typer.Option(..., "--logs", help="UBI export(s) of the interleaved searches "
+                                                 "(NDJSON / JSON / parquet, or a folder of them)."),
+                 served_log: Optional[Path] = typer.Option(None, "--served-log", help="The service's served-feature "
+                                                           "log dir: read each result's arm from it (default: "
+                                                           "from the UBI impressions' event_attributes."
+                                                           "interleaving.arm)."),
+                 depth: int = typer.Option(10, "--depth", help="With --served-log: results shown per search."),
+                 out: Optional[Path] = typer.Option(None, "--out", help="JSON report to write.")) -> None:
+    """Which of champion and challenger shoppers preferred, from the clicks on interleaved searches: wins,
+    losses, ties, the preference with a 95% bootstrap CI and a sign test."""
+    from ltr.interleaving import interleaving_report, served_log_credits, summary_line, ubi_credits, write_report
+    credits = served_log_credits(served_log, logs, depth) if served_log is not None else ubi_credits(logs)
+    rep = interleaving_report(credits)
+    if out is not None:
+        write_report(rep, out)
+    typer.echo(summary_line(rep))
+
+
+@app.command()
+@_guard
+def promote(name: str = typer.Option("ltr-ranker", "--name", help="Registered model name."),
+            version: str = typer.Option(..., "--version", help="The version to promote (e.g. the @challenger)."),
+            interleaving_report: Optional[Path] = typer.Option(None, "--interleaving", help="JSON from `ltr "
+                                                               "interleaving --out` of this version against "
+                                                               "the champion."),
+            max_engagement_drop: float = typer.Option(0.01, "--max-engagement-drop", help="Lowest challenger "
+                                                      "clicks relative to the champion's, at 95%, that passes."),
+            force: bool = typer.Option(False, "--force", help="Promote without evidence (recorded as a "
+                                       "person's call)."),
+            tracking_uri: Optional[str] = TrackingOpt) -> None:
+    """Move @champion to a version held back as @challenger, when interleaving shows shoppers do not click
+    less (ltr/promotion.py); the decision and its reason are kept on the version as tags."""
+    from ltr import tracking as T
+    from ltr.promotion import PromotionConfig, promote_on_interleaving
+    if interleaving_report is None and not force:
+        _fail("promote needs evidence. Fix: pass --interleaving REPORT.json (`ltr interleaving --out`), or "
+              "--force to promote by hand.")
+    report = json.loads(interleaving_report.read_text()) if interleaving_report is not None else {}
+    if report and "rel_clicks_ci95" not in report:
+        _fail(f"{interleaving_report}: not an `ltr interleaving` report (no rel_clicks_ci95). Fix: pass the "
+              "file `ltr interleaving --out` wrote.")
+    cfg = PromotionConfig(max_engagement_drop=max_engagement_drop)
+    with T.using_tracking(T.resolve_tracking_uri(tracking_uri)):
+        d = promote_on_interleaving(name, version, report, cfg, force=force)
+    typer.echo(f"{name} v{version} -> @{d.alias}: {d.reason}")
+    if not d.promote:
+        raise typer.Exit(code=1)
+
+
+# --- human corrections ------------------------------------------------------------------------------
+
+RunDirOpt = typer.Option(..., "--run-dir", help="`ltr run` output dir; its corrections are in "
+                         "RUN/labels/human.sqlite.")
+
+
+def _store_path(run_dir: Path) -> Path:
+    from labels.human import human_store_path
+    if not run_dir.is_dir():
+        _fail(f"run dir {run_dir} does not exist. Fix: pass the --out of an `ltr run`.")
+    p = human_store_path(run_dir)
+    if not p.exists():
+        _fail(f"{run_dir} has no human corrections ({p} does not exist). Fix: correct a grade in the workbench "
+              "first; the labeler's grades are in RUN/labels/labels.parquet.")
+    return p
+
+
+@labels_app.command("export")
+@_guard
+def export_cmd(run_dir: Path = RunDirOpt,
+               human: bool = typer.Option(False, "--human", help="Export the human corrections (the only labels "
+                                          "this command exports)."),
+               out: Path = typer.Option(..., "--out", help="judgments parquet to write (query, query_id, "
+                                        "product_id, grade + who, at, replaces, replaces_source, note).")) -> None:
+    """The latest correction of every corrected pair, as a judgments parquet."""
+    if not human:
+        _fail(f"`ltr labels export` writes human corrections only. Fix: pass --human; the labeler's grades of "
+              f"this run are {run_dir / 'labels' / 'labels.parquet'} already.")
+    from labels.human import HumanLabels
+    with HumanLabels(_store_path(run_dir)) as store:
+        path = store.export(out)
+        n, rows = len(store.latest()), store.state()["rows"]
+    typer.echo(f"wrote {path}: {n} corrected pairs (latest of {rows} corrections)")
+
+
+@labels_app.command("history")
+@_guard
+def history_cmd(run_dir: Path = RunDirOpt,
+                query: Optional[str] = typer.Option(None, "--query", help="Only this query (its text or its "
+                                                    "query_id).")) -> None:
+    """Every correction, oldest first: who changed which grade, when, and what it replaced."""
+    from labels.human import HumanLabels
+    from ltr.data.schemas import query_id
+    with HumanLabels(_store_path(run_dir)) as store:
+        df = store.history()
+    if query is not None:
+        df = df[df["query_id"].isin({query, query_id(query)})]
+    if df.empty:
+        typer.echo("no corrections" + (f" of query {query!r}" if query is not None else ""))
+        return
+    typer.echo(df.to_string(index=False))
 
 
 def main() -> None:  # console-script entry point

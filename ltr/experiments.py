@@ -14,6 +14,12 @@ Arms (group letter = the brief's item):
   c  tuned-sigmoid labels without cross-encoder features (columns starting with `ce_prefix`)
   d  label source: true grades | the (fine-tuned) grader | engagement, all through the same transform
   e  Hopit.ai: CE fine-tuned on LLM labels (`hopit_llm_column`) vs on purchases (`hopit_purchase_column`)
+  f  engagement labels: smoothed rates (the baseline) vs LambdaMART on the raw impressions, label clicked,
+     naive and position-debiased by XGBoost's `lambdarank_unbiased` (ltr.unbiased). Opt-in: a frame has one
+     row per pair, so the log comes as `run_experiments(..., clicks=ClickLog(...))`; each seed's click arms
+     see only its train queries' impressions, in `click_window`. The JSON's `propensities` puts the t+ that
+     XGBoost learnt beside intervention harvesting on the same impressions and, on the built-in world, the
+     true examination curve.
 The purchase-trained CE column is an experiment-only feature: every arm except e/CE-on-purchases drops it.
 Arms whose columns are missing are skipped and listed with the reason.
 
@@ -46,7 +52,7 @@ import pandas as pd
 from ltr.data import metrics as M
 
 from .rankers import split_frame
-from .train import evaluate_ranker, feature_columns, fit_ranker
+from .train import cold_training_frame, evaluate_ranker, feature_columns, fit_ranker
 from .train_config import ExperimentConfig, TrainConfig, TunedParams
 
 FrameSource = pd.DataFrame | Mapping[int, pd.DataFrame] | Callable[[int], pd.DataFrame]
@@ -69,14 +75,18 @@ class Arm:
     drop_prefixes: list[str] = field(default_factory=list)
     #: experiment-only columns this arm trains on even when the config declares its feature list
     add_columns: list[str] = field(default_factory=list)
+    #: set: trained on raw impressions (label clicked) by ltr.unbiased, with these UnbiasedLambdaMART params
+    clicks: dict[str, Any] | None = None
 
     def key(self) -> str:
         return json.dumps([self.target, sorted(self.drop_columns), sorted(self.drop_prefixes),
-                           sorted(self.add_columns)], sort_keys=True)
+                           sorted(self.add_columns), self.clicks], sort_keys=True)
 
 
-def build_arms(cfg: ExperimentConfig, tuned: TunedParams, columns: set[str]) -> tuple[list[Arm], list[dict]]:
-    """The arms of the selected groups that this frame can run, and the skipped ones with reasons."""
+def build_arms(cfg: ExperimentConfig, tuned: TunedParams, columns: set[str],
+               has_clicks: bool = False) -> tuple[list[Arm], list[dict]]:
+    """The arms of the selected groups that this frame (and the click log, when `has_clicks`) can run, and
+    the skipped ones with reasons."""
     cols = cfg.train.columns
     t = {"alpha": tuned.alpha, "beta": tuned.beta, "blend_weight": tuned.blend_weight}
     purch = [cfg.hopit_purchase_column] if cfg.hopit_purchase_column in columns else []
@@ -123,7 +133,25 @@ def build_arms(cfg: ExperimentConfig, tuned: TunedParams, columns: set[str]) -> 
                          [cfg.hopit_purchase_column]),
                      Arm("CE fine-tuned on purchases", "e", f"feature {cfg.hopit_purchase_column}", dict(t),
                          [cfg.hopit_llm_column], add_columns=[cfg.hopit_purchase_column])]
+    if "f" in cfg.arms:
+        if has_clicks:
+            arms += _click_arms(cfg, eng_only, purch, "a" not in cfg.arms)
+        else:
+            skipped.append({"group": "f", "reason": "no impression log. Fix: run_experiments(..., clicks="
+                            "ltr.unbiased.ClickLog.from_dataset(ds, cutoff)), as the pipeline does"})
     return arms, skipped
+
+
+def _click_arms(cfg: ExperimentConfig, eng_only: Arm, purch: list[str], with_baseline: bool) -> list[Arm]:
+    """(f): the baseline's smoothed-rate labels beside LambdaMART on the raw clicks, naive and debiased."""
+    base = [Arm(BASELINE, "f", eng_only.description, eng_only.target, purch)] if with_baseline else []
+    window = "from the engagement cutoff on" if cfg.click_window == "labels" else "before the engagement cutoff"
+    return base + [
+        Arm("raw clicks, naive LambdaMART", "f", f"impressions {window}, label clicked, no debiasing",
+            {"blend_weight": 0.0}, purch, clicks={"lambdarank_unbiased": False}),
+        Arm("raw clicks, unbiased LambdaMART", "f", f"impressions {window}, label clicked, XGBoost "
+            f"lambdarank_unbiased (bias_norm {cfg.click_bias_norm:g})", {"blend_weight": 0.0}, purch,
+            clicks={"lambdarank_unbiased": True, "lambdarank_bias_norm": cfg.click_bias_norm})]
 
 
 def _arm_config(base: TrainConfig, arm: Arm, seed: int) -> TrainConfig:
@@ -136,7 +164,29 @@ def _arm_config(base: TrainConfig, arm: Arm, seed: int) -> TrainConfig:
         d["features"] = kept + [c for c in arm.add_columns if c not in kept]
     if arm.target.get("content_source") == "grade" or arm.target.get("blend_weight") == 0.0:
         d["label_source"] = "grade" if arm.target.get("content_source") == "grade" else "engagement"
+    if arm.clicks is not None:
+        d["label_source"] = "clicks"
     return TrainConfig.model_validate(d)
+
+
+def _fit_arm(tr: pd.DataFrame, acfg: TrainConfig, arm: Arm, feats: list[str], cfg: ExperimentConfig,
+             clicks: Any) -> tuple[Any, dict[str, Any]]:
+    """The arm's model, and what the click arms learnt beside it: their propensities and the harvested
+    curve from the same impressions (only this seed's train queries: the test queries' clicks stay unseen)."""
+    if arm.clicks is None:
+        return fit_ranker(tr, acfg, feats), {}
+    from .unbiased import UnbiasedLambdaMART, click_rows, fit_on_clicks, harvested_curve
+
+    cols = acfg.columns
+    k = acfg.k  # the page depth the arms are judged at is the depth the click arms learn from
+    imp = clicks.rows(tr[cols.query_id].unique(), cfg.click_window)
+    rows, info = click_rows(imp, cold_training_frame(tr, acfg), feats, cols.query_id, cols.product_id, k)
+    params = acfg.model.model_dump(exclude={"kind"}) | {"random_state": acfg.seed, "max_position": k}
+    model = fit_on_clicks(UnbiasedLambdaMART(**params, **arm.clicks), rows, feats)
+    if model.propensities_ is not None:
+        info["propensities"] = model.propensities_.tolist()
+        info["harvested"] = harvested_curve(rows, k, cfg.click_n_boot, acfg.seed)
+    return model, info
 
 
 def arm_features(frame: pd.DataFrame, acfg: TrainConfig, arm: Arm) -> list[str]:
@@ -188,14 +238,16 @@ def _tuned(cfg: ExperimentConfig, train: pd.DataFrame, track: bool) -> tuple[Tun
 
 
 def _run_arms(frames: FrameSource, cfg: ExperimentConfig, arms: list[Arm], splits: dict,
-              keep: tuple[str, ...]) -> tuple[dict[str, dict[int, dict]], dict[str, dict[int, pd.DataFrame]]]:
-    """Summary metrics and the per-query columns `keep` of every arm on every seed. Arms that change nothing
-    between them (same target and drops) are trained once per seed and share the result."""
+              keep: tuple[str, ...], clicks: Any = None) -> tuple[dict, dict, dict[str, dict[int, dict]]]:
+    """Summary metrics, the per-query columns `keep` and what each fit learnt besides (`_fit_arm`) of every
+    arm on every seed. Arms that change nothing between them (same target and drops) are trained once per
+    seed and share the result."""
     from tqdm.auto import tqdm
 
     cache: dict[tuple[int, str], tuple[dict[str, float], pd.DataFrame]] = {}
     summaries: dict[str, dict[int, dict]] = {a.name: {} for a in arms}
     per_query: dict[str, dict[int, pd.DataFrame]] = {a.name: {} for a in arms}
+    learnt: dict[str, dict[int, dict]] = {a.name: {} for a in arms}
     with tqdm(total=len(arms) * len(cfg.seeds), desc="experiment arms") as bar:
         for seed in cfg.seeds:
             tr, te = _split(frames, cfg.train, seed, splits)
@@ -204,13 +256,13 @@ def _run_arms(frames: FrameSource, cfg: ExperimentConfig, arms: list[Arm], split
                 if key not in cache:
                     acfg = _arm_config(cfg.train, arm, seed)
                     feats = arm_features(tr, acfg, arm)
-                    model = fit_ranker(tr, acfg, feats)
+                    model, info = _fit_arm(tr, acfg, arm, feats, cfg, clicks)
                     summary, pq = evaluate_ranker(model, te, acfg)
-                    cache[key] = summary, pq[[c for c in keep if c in pq.columns]]
-                summaries[arm.name][seed], per_query[arm.name][seed] = cache[key]
+                    cache[key] = summary, pq[[c for c in keep if c in pq.columns]], info
+                summaries[arm.name][seed], per_query[arm.name][seed], learnt[arm.name][seed] = cache[key]
                 bar.update(1)
             splits.pop(seed, None)  # free memory: frames can be large
-    return summaries, per_query
+    return summaries, per_query, learnt
 
 
 def _agg(vals: list[float]) -> tuple[float, float]:
@@ -329,9 +381,45 @@ def _footer(cfg: ExperimentConfig, tuned: TunedParams, claim: dict | None, skipp
     return foot + list(notes or [])
 
 
+def _propensities(arms: list[Arm], learnt: dict[str, dict[int, dict]], clicks: Any) -> dict[str, Any]:
+    """{arm: ltr.unbiased.propensity_report} of the click arms that learnt a position bias, with the harvested
+    curve's bootstrap interval per seed and how far XGBoost's curve is from the harvested one."""
+    from .unbiased import max_relative_error, propensity_report
+
+    out: dict[str, Any] = {}
+    for arm in arms:
+        runs = learnt[arm.name]
+        if arm.clicks is None or not runs or not all("propensities" in r for r in runs.values()):
+            continue
+        rep = propensity_report({s: r["propensities"] for s, r in runs.items()},
+                                {s: r["harvested"]["examination"] for s, r in runs.items()}, clicks.true_examination)
+        rep["intervention_harvesting"]["ci95_per_seed"] = {
+            str(s): [r["harvested"]["ci95_low"], r["harvested"]["ci95_high"]] for s, r in runs.items()}
+        rep["max_rel_diff_xgboost_vs_harvesting"] = max_relative_error(
+            rep["xgboost_lambdarank_unbiased"]["mean"], rep["intervention_harvesting"]["mean"])
+        out[arm.name] = rep
+    return out
+
+
+def _propensity_notes(props: dict[str, Any]) -> list[str]:
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    lines = []
+    for name, rep in props.items():
+        xg, ih = rep["xgboost_lambdarank_unbiased"], rep["intervention_harvesting"]
+        truth = ("" if rep["truth"] is None else "; vs the true examination: XGBoost "
+                 f"{pct(xg['max_rel_error_vs_truth'])}, harvesting {pct(ih['max_rel_error_vs_truth'])}")
+        lines.append(f"{name}: propensities (mean over seeds, position 1 = 1), max relative difference at positions "
+                     f"{rep['error_positions']}: XGBoost's t+ vs intervention harvesting on the same impressions "
+                     f"{pct(rep['max_rel_diff_xgboost_vs_harvesting'])}{truth} (JSON: propensities).")
+    return lines
+
+
 def run_experiments(frames: FrameSource, cfg: ExperimentConfig | None = None, track: bool = False,
-                    notes: list[str] | None = None) -> tuple[str, dict[str, Any]]:
-    """Train and score every arm on every seed; returns (markdown table, JSON-ready dict)."""
+                    notes: list[str] | None = None, clicks: Any = None) -> tuple[str, dict[str, Any]]:
+    """Train and score every arm on every seed; returns (markdown table, JSON-ready dict). `clicks`: an
+    ltr.unbiased.ClickLog, the raw impressions that group (f) trains on (skipped, with the reason, without)."""
     cfg = cfg or ExperimentConfig()
     base = cfg.train
     k, eng = f"ndcg@{base.k}", base.engagement_metric
@@ -340,11 +428,18 @@ def run_experiments(frames: FrameSource, cfg: ExperimentConfig | None = None, tr
     splits: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
     tr0, _ = _split(frames, base, cfg.seeds[0], splits, first)
     tuned, tune_info = _tuned(cfg, tr0, track)
-    arms, skipped = build_arms(cfg, tuned, set(first.columns))
+    arms, skipped = build_arms(cfg, tuned, set(first.columns), has_clicks=clicks is not None)
     if not arms:
         raise ExperimentError(f"no arm can run (skipped: {skipped}). Fix: select groups in `arms` the frame supports.")
-    summaries, per_query = _run_arms(frames, cfg, arms, splits, (k, eng, f"{k}/cold"))
+    summaries, per_query, learnt = _run_arms(frames, cfg, arms, splits, (k, eng, f"{k}/cold"), clicks)
     arm_rows = _arm_rows(arms, summaries, cfg.seeds)
+    for arm, r in zip(arms, arm_rows):
+        if arm.clicks is not None:
+            r["clicks"] = arm.clicks
+            r["click_log"] = {str(s): {m: v for m, v in i.items() if m not in ("propensities", "harvested")}
+                              for s, i in learnt[arm.name].items()}
+    props = _propensities(arms, learnt, clicks)
+    notes = list(notes or []) + _propensity_notes(props)
     tests = paired_tests(per_query, (k, eng, f"{k}/cold"))
     for r in arm_rows:
         r["paired_test"] = tests.get(r["name"])
@@ -357,7 +452,7 @@ def run_experiments(frames: FrameSource, cfg: ExperimentConfig | None = None, tr
     result = {"seeds": list(cfg.seeds), "content_metric": k, "engagement_metric": eng, "irrelevant_metric": irr,
               "tuned": tuned.model_dump(), "tuning": tune_info, "arms": arm_rows, "skipped": skipped,
               "claim": claim, "notes": list(notes or []), "config": cfg.model_dump(mode="json"),
-              "significance": significance}
+              "significance": significance, "propensities": props}
     result = M.nan_to_none(json.loads(json.dumps(result, default=_json_default)))
     if track:
         _track(cfg, md, result, arm_rows)

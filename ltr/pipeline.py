@@ -150,23 +150,68 @@ def run_test_queries(cfg: RunConfig, ds: Dataset) -> set[str]:
 
 
 def stage_labels(cfg: RunConfig, paths: RunPaths, ds_dir: Path) -> dict[str, Any]:
+    """The labeler's grade of every candidate pair, then the run's human corrections over it (labels.human,
+    RUN/labels/human.sqlite: the workbench's clicks win). The labeler's own table is kept beside
+    (labels.labeler.parquet), so a new correction is applied without re-grading; the stamp carries the
+    store's state, so labels.parquet is rewritten and every stage that reads it (cross-encoder targets, the
+    label view, the training frame's content_score) runs again."""
+    from labels.human import human_state
     from labels.run import label_pairs
     pilot = has_pilot(cfg)
     key = _digest({"ds": str(ds_dir), "labels": cfg.labels.model_dump(mode="json"), "seed": cfg.seed}
                   | ({"test_fraction": cfg.train.test_fraction} if pilot else {}))
+    human = human_state(paths.root)
+    full = key if human is None else f"{key} human:{human['rows']}:{human['last_id']}"
     summary_path = paths.labels.with_suffix(".summary.json")
-    if _stamp_ok(paths.labels, key) and paths.labels.exists():
+    own = paths.labels.with_name("labels.labeler.parquet")
+    if _stamp_ok(paths.labels, full) and paths.labels.exists():
         _log("stage labels: up to date")
         return json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    _log(f"stage labels: grading candidate pairs with backend '{cfg.labels.backend}'")
-    exclude = sorted(run_test_queries(cfg, Dataset.load(ds_dir))) if pilot else ()
-    s = label_pairs(ds_dir, paths.labels, cfg.labels, client=dask_client_of(cfg), exclude_queries=exclude)
-    if pilot:
-        g = s.get("grader_fitted", {})
-        _log(f"  pilot: the grader learnt from {g.get('seed_queries')} training queries "
-             f"({g.get('seed_pairs')} human-graded pairs); the run's {len(exclude)} test queries never seen")
-    _stamp(paths.labels, key)
+    kept = _stamp_ok(own, key) and own.exists()
+    if kept or (_stamp_ok(paths.labels, key) and paths.labels.exists()):  # the latter: no correction in it yet
+        _log("stage labels: the labeler's grades are up to date; the human corrections changed")
+        s = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    else:
+        _log(f"stage labels: grading candidate pairs with backend '{cfg.labels.backend}'")
+        exclude = sorted(run_test_queries(cfg, Dataset.load(ds_dir))) if pilot else ()
+        s = label_pairs(ds_dir, paths.labels, cfg.labels, client=dask_client_of(cfg), exclude_queries=exclude)
+        if pilot:
+            g = s.get("grader_fitted", {})
+            _log(f"  pilot: the grader learnt from {g.get('seed_queries')} training queries "
+                 f"({g.get('seed_pairs')} human-graded pairs); the run's {len(exclude)} test queries never seen")
+        _stamp(paths.labels, key)
+    if human is not None or kept:
+        _apply_human(paths, ds_dir, key, own, s)
+    _stamp(paths.labels, full)
     return s
+
+
+def _apply_human(paths: RunPaths, ds_dir: Path, key: str, own: Path, s: dict[str, Any]) -> None:
+    """labels.parquet = the labeler's labels (`own`, saved first: labels.parquet is theirs until now) with
+    the latest correction of each candidate pair over them; the counts go into the stage's summary."""
+    import os
+
+    from labels.human import HumanLabels, human_store_path, override_labels
+    from ltr.data.dataset import write_table
+    from ltr.data.schemas import LABELS
+    if not (_stamp_ok(own, key) and own.exists()):
+        shutil.copyfile(paths.labels, own.with_suffix(".tmp"))
+        os.replace(own.with_suffix(".tmp"), own)
+        _stamp(own, key)
+    store = human_store_path(paths.root)
+    latest = None
+    if store.exists():  # absent: the corrections were moved away, and labels.parquet is the labeler's again
+        with HumanLabels(store) as h:
+            latest = h.latest()
+    ds = Dataset.load(ds_dir)
+    out, counts = override_labels(pd.read_parquet(own), latest, ds.candidates, ds.queries)
+    write_table(out, paths.labels, LABELS)
+    s["human"] = counts | {"store": str(store)}
+    _log(f"  human corrections: {counts['applied']} candidate pairs take a person's grade ({counts['changed']} "
+         f"changed), {counts['not_in_candidates']} corrected pairs are not candidates of this run")
+    tmp = paths.labels.with_suffix(".summary.json.tmp")
+    tmp.write_text(json.dumps(s, indent=2, default=str) + "\n")
+    os.replace(tmp, paths.labels.with_suffix(".summary.json"))
 
 
 def pilot_seed(cfg: RunConfig, paths: RunPaths) -> set[str] | None:
@@ -397,7 +442,8 @@ def stage_tune(cfg: RunConfig, paths: RunPaths, frame: pd.DataFrame) -> tuple[An
 
 
 def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, test_part: pd.DataFrame,
-                         extra_params: dict[str, str], paths: RunPaths | None = None) -> dict[str, Any]:
+                         extra_params: dict[str, str], paths: RunPaths | None = None,
+                         ds: Dataset | None = None, cutoff: pd.Timestamp | None = None) -> dict[str, Any]:
     """The champion candidate at the operating point, evaluated on held-out queries, logged and registered
     as a self-contained model (`ltr.tracking.ServingParts`): its serving cross-encoder, bi-encoder identity,
     feature service, label transform and data fingerprints travel with it.
@@ -409,6 +455,9 @@ def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, te
     fine-tune; either fold model produced half of the scores the trees did see. Fold 0 is the cheap,
     honest choice, and the manifest says so. Without `paths` (or without that folder) nothing is
     recorded, and evaluate / serve then refuse a ce_score model unless given a cross-encoder explicitly.
+
+    The new version becomes @champion only through the promotion gate (ltr/promotion.py: content NDCG not
+    worse, engagement estimated from `ds`'s log after `cutoff` not below -1% at 95%), else @challenger.
     """
     from ltr.cold_route import evaluate_cold_routed, fit_cold_route
     from ltr.tracking import ServingParts, file_digest, log_training_run, register_model
@@ -440,9 +489,17 @@ def stage_train_register(cfg: RunConfig, tres: Any, train_part: pd.DataFrame, te
                                               "queries); it scored half the training rows' ce_score")
     run_id, model_uri = log_training_run(res, run_name="champion-candidate", label_source=cfg.labels.backend,
                                          extra_params=extra_params, serving=parts)
-    version = register_model(model_uri, cfg.tracking.model_name) if model_uri else None
+    name = cfg.tracking.model_name
+    version = register_model(model_uri, name, alias=None) if model_uri else None
+    promotion = None
+    if version is not None:
+        from ltr.promotion import gate
+        decision = gate(name, version, res.model, test_part, ds, cutoff, cfg.promotion, best)
+        promotion = decision.as_dict()
+        _log(f"stage promote: {name} v{version} -> @{decision.alias}: {decision.reason}")
+    alias = promotion["alias"] if promotion is not None else "champion"
     return {"operating_point": op.model_dump(), "test_metrics": res.metrics,
-            "model_uri": f"models:/{cfg.tracking.model_name}@champion", "model_version": version,
+            "model_uri": f"models:/{name}@{alias}", "model_version": version, "promotion": promotion,
             "mlflow_run_id": run_id, "cold_route": route.validation_ if route is not None else None}
 
 
@@ -512,9 +569,13 @@ def stage_experiments(cfg: RunConfig, paths: RunPaths, frame: pd.DataFrame, tune
     """The paper's arms over seeds at the tuned operating point: reports/experiments.md|json."""
     from ltr.experiments import run_experiments
     ecfg = cfg.experiments.model_copy(update={"tuned": tuned})
+    clicks = None
+    if "f" in ecfg.arms and ds.impressions_path is not None:  # group (f) trains on the raw impressions
+        from ltr.unbiased import ClickLog
+        clicks = ClickLog.from_dataset(ds, engagement_cutoff(ds.impressions_path, cfg.train_window.label_days))
     md, result = run_experiments(lambda _seed: frame, ecfg, track=cfg.tracking.enabled,
                                  notes=[f"dataset: {ds_dir} (engagement "
-                                        f"{'simulated' if ds.engagement_simulated else 'logged'})"])
+                                        f"{'simulated' if ds.engagement_simulated else 'logged'})"], clicks=clicks)
     (paths.reports / "experiments.md").write_text(md)
     (paths.reports / "experiments.json").write_text(json.dumps({**result, **stamp()}, indent=2) + "\n")
     print(md)
@@ -583,7 +644,8 @@ def _run_stages(cfg: RunConfig, out: str | Path, skip_experiments: bool) -> dict
     run.summary = {"run_dir": str(paths.root), "dataset": str(ds_dir), "cutoff": str(cutoff),
                    "engagement_simulated": ds.engagement_simulated, "labels": label_summary.get("calibration", {})}
     run.summary.update(run.timed("train_register", stage_train_register, cfg, tres, train_part, test_part,
-                                 {"dataset": str(ds_dir), "cutoff": str(cutoff)}, paths=paths))
+                                 {"dataset": str(ds_dir), "cutoff": str(cutoff)}, paths=paths, ds=ds,
+                                 cutoff=cutoff))
     run.summary["engagement_source"] = engagement_source(ds)
     run.summary["grade_source"] = grade_source(ds)
     if "candidates" in ds.metadata:

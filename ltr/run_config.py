@@ -16,6 +16,7 @@ from features.crossencoder import CrossEncoderConfig
 from labels.config import LabelConfig
 from ltr.data.config import StrictConfig
 from ltr.data.engine import ComputeConfig
+from ltr.promotion import PromotionConfig
 from ltr.retrieval.config import MiningConfig, RetrievalConfig
 from ltr.sim.world import WorldConfig
 from ltr.tracking import DEFAULT_TRACKING_URI
@@ -70,6 +71,7 @@ class RunConfig(StrictConfig):
                                    "training, batch scoring and labelling on a Dask cluster")
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     mining: MiningConfig = Field(default_factory=MiningConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
     @model_validator(mode="after")
     def _one_train_section(self) -> RunConfig:

@@ -409,14 +409,16 @@ def log_training_run(result, run_name: str | None = None, label_source: str | No
         return run.info.run_id, uri
 
 
-def register_model(model_uri: str, name: str, alias: str = CHAMPION) -> str:
-    """Register `model_uri` under `name` and move `alias` to the new version; returns the version."""
+def register_model(model_uri: str, name: str, alias: str | None = CHAMPION) -> str:
+    """Register `model_uri` under `name` and move `alias` to the new version (None: no alias, e.g. until the
+    promotion gate, ltr/promotion.py, decides which); returns the version."""
     _quiet()
     import mlflow
     from mlflow import MlflowClient
 
     mv = mlflow.register_model(model_uri, name)
-    MlflowClient().set_registered_model_alias(name, alias, mv.version)
+    if alias is not None:
+        MlflowClient().set_registered_model_alias(name, alias, mv.version)
     return str(mv.version)
 
 

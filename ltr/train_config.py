@@ -153,7 +153,9 @@ class ExperimentConfig(StrictConfig):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=3,
                              description="at least 3 seeds: every arm reports mean and spread")
     train: TrainConfig = Field(default_factory=TrainConfig)
-    arms: list[Literal["a", "b", "c", "d", "e"]] = Field(default_factory=lambda: list(ARM_GROUPS))
+    arms: list[Literal["a", "b", "c", "d", "e", "f"]] = Field(
+        default_factory=lambda: list(ARM_GROUPS), description="(f), engagement labels: smoothed rates vs "
+        "LambdaMART on raw clicks, naive and position-debiased (ltr.unbiased), is opt-in: it needs the log")
     tuned: TunedParams | None = Field(None, description="α, β, blend weight of the 'tuned sigmoid' arm; "
                                       "None -> tune (if `tune` is set) or take train.target")
     tune: TuneConfig | None = Field(None, description="run a study on the first seed to get `tuned`")
@@ -163,6 +165,14 @@ class ExperimentConfig(StrictConfig):
     grader_column: str | None = Field(None, description="arm (d) grader scores; None -> columns.content_score")
     hopit_llm_column: str = "ce_score"
     hopit_purchase_column: str = "ce_purchase_score"
+    click_window: Literal["labels", "features"] = Field(
+        "labels", description="arm (f)'s impressions: 'labels' = from the engagement cutoff on, the window the "
+        "smoothed-rate labels count (features are as of the cutoff, so no click is both feature and label); "
+        "'features' = before the cutoff, the window the engagement features count (more clicks, but the "
+        "eng_* features then summarise the very clicks the arm learns)")
+    click_bias_norm: float = Field(1.0, ge=0, description="arm (f): XGBoost's lambdarank_bias_norm (its "
+                                   "default); t+ = loss ratio ** (1 / (1 + norm))")
+    click_n_boot: int = Field(50, ge=0, description="arm (f): bootstrap replicates of the harvested curve")
 
     @field_validator("seeds")
     @classmethod

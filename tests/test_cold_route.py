@@ -275,3 +275,25 @@ def test_the_service_routes_a_request_without_engagement(shop):
     want = trees.predict(rows[feats], missing="nan")
     got = {x["product_id"]: x["score"] for x in warm["results"]}
     assert np.allclose([got[p] for p in rows["product_id"]], want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_routed_request_is_explained_by_the_routes_own_arithmetic(shop):
+    """explain=true on a cold request: the blend's content model and route feature, summing to the score."""
+    from fastapi.testclient import TestClient
+
+    from ltr.serving.app import create_app
+
+    app = create_app(shop["uri"], shop["feat"], products=None, bi_encoder=None, warm=False)
+    pids = list(shop["ds"].products["product_id"][:15])
+    with TestClient(app) as client:
+        cold = client.post("/v1/rank", json={"query": "green running shoes 24 oz", "product_ids": pids,
+                                             "explain": True}).json()
+    route = shop["route"]
+    assert cold["cold_route"] == route.scorer_.name
+    for r in cold["results"]:
+        e = r["explain"]
+        assert e["scorer"] == f"cold_route:{route.scorer_.name}"
+        assert abs(e["bias"] + sum(e["contributions"].values()) - r["score"]) < 1e-5
+        assert abs(e["margin"] - r["score"]) < 1e-5
+        assert e["groups"]["engagement"] == 0.0                    # a cold request: no engagement to credit
+        assert e["contributions"][route.scorer_.feature] != 0.0 or r["score"] == 0.0

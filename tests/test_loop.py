@@ -3,8 +3,9 @@
 it (ltr.sim.replay: the world's click model reacts to the positions the service returned) and their searches
 become OpenSearch UBI documents keyed by the service's request ids -> the served-feature log joins them by
 request id -> `ingest_ubi` turns them into impressions, appended to the dataset's log -> `ltr run` on that
-dataset registers v2 -> the running service follows the `champion` alias to v2 without a restart, failing
-no request on the way.
+dataset registers v2, and its promotion gate (ltr/promotion.py) holds it back as @challenger with the reason
+-> a person promotes it (`ltr promote`) -> the running service follows the `champion` alias to v2 without a
+restart, failing no request on the way.
 
 Appended, not replaced: a shop's new day of logs extends its history. The engagement features read 7- and
 28-day windows as of the cutoff and the labels come from the last 7 days, so a log of only the replayed day
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -114,10 +116,17 @@ def _shoppers_in(srv: LiveServer, state, root: Path, ds1: Path, out: dict) -> No
 
 
 def _retrain_under_traffic(srv: LiveServer, root: Path, out: dict) -> None:
-    """`ltr run` on the grown log while shoppers keep searching; wait until the service answers with v2."""
+    """`ltr run` on the grown log while shoppers keep searching. Its promotion gate holds v2 back as
+    @challenger (a day of 160 searches cannot show engagement within -1%: see the test below), so the service
+    stays on v1 until a person promotes v2 (`ltr promote --force`); then wait until it answers with v2."""
     bodies = [{"query": d["user_query"], "product_ids": d["query_response_hit_ids"]} for d in out["replay"].queries]
     with Traffic(srv.url, bodies[:20]) as traffic:
         out["v2"] = _ltr_run(_config(root, "v2", source="dir", path=str(out["ds2"])), root / "run2")
+        time.sleep(1.5)  # three of the service's alias polls
+        out["versions_before_promote"] = list(traffic.versions)
+        res = CliRunner().invoke(cli, ["promote", "--name", "ltr-loop-test",
+                                       "--version", "2", "--force", "--tracking-uri", f"sqlite:///{root}/mlflow.db"])
+        assert res.exit_code == 0, res.output
         assert wait_for(lambda: traffic.versions and traffic.versions[-1] == "2", timeout=60)
         n = len(traffic.versions)
         assert wait_for(lambda: len(traffic.versions) >= n + 3, timeout=60)
@@ -184,6 +193,16 @@ def test_ubi_events_become_appended_impressions(loop):
     assert len(new) == len(old) + n_shown
     replayed = new[new["request_id"].isin({r["request_id"] for r in rep.responses})]
     assert int(replayed["clicked"].sum()) == n_clicks and replayed["ts"].min() > old["ts"].max()
+
+
+def test_the_promotion_gate_holds_v2_back_and_says_why(loop):
+    v1, v2 = loop["v1"], loop["v2"]
+    assert v1["promotion"]["promote"] and "first version" in v1["promotion"]["reason"]
+    p = v2["promotion"]
+    assert not p["promote"] and p["alias"] == "challenger" and v2["model_uri"].endswith("@challenger")
+    assert p["evidence"]["content"]["ok"] and p["evidence"]["champion_version"] == "1"
+    assert "engagement cannot be estimated" in p["reason"], p["reason"]
+    assert set(loop["versions_before_promote"]) == {"1"}                # held back: the service stayed on v1
 
 
 def test_v2_trained_on_the_new_logs_is_picked_up_without_restart(loop):

@@ -275,6 +275,29 @@ class OfflineEvaluator:
                 "outcomes": {o: _summary(point[o], [r[o] for r in reps]) for o in self.outcomes}}
 
 
+    def compare(self, ranking: pd.DataFrame, baseline: pd.DataFrame) -> dict[str, Any]:
+        """`ranking` against another ranking (e.g. the registered champion), both estimated from this log and
+        paired on the same bootstrap resamples, so the interval is of the difference itself: per outcome and
+        estimator, both values and the relative difference ranking / baseline - 1 with its 95% interval."""
+        if not hasattr(self, "log_"):
+            raise CounterfactualError("OfflineEvaluator is not fitted. Fix: call fit(log, features) first.")
+        new, old = self._target(ranking), self._target(baseline)
+        pn, pb = self._values(new, None), self._values(old, None)
+        rng = np.random.default_rng(self.seed)
+        reps = [(self._values(new, w), self._values(old, w))
+                for w in bootstrap_weights(self.log_, self.n_boot, self.unit, rng)]
+        out: dict[str, Any] = {}
+        for o in self.outcomes:
+            out[o] = {}
+            for name in ESTIMATORS:
+                ratio = np.array([a[o][name] / b[o][name] if b[o][name] > 0 else np.nan for a, b in reps])
+                out[o][name] = {"value": pn[o][name], "baseline": pb[o][name],
+                                "rel_diff": pn[o][name] / pb[o][name] - 1.0 if pb[o][name] > 0 else float("nan"),
+                                "rel_diff_ci95": [float(v) for v in np.nanpercentile(ratio - 1.0, [2.5, 97.5])]}
+        return {"k": self.k, "n_boot": self.n_boot, "bootstrap_unit": self.unit, "searches": self.log_.n_searches,
+                "queries": len(self.log_.queries), "outcomes": out}
+
+
 def _ci(values: np.ndarray) -> list[float]:
     return [float(v) for v in np.percentile(values, [2.5, 97.5])]
 

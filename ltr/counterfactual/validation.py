@@ -86,7 +86,7 @@ def fit_content_ranker(ds: Dataset, features: pd.DataFrame, n_estimators: int = 
     return ScoredRanker(scores)
 
 
-def _transport(ranker: Ranker, seed: int):
+def ranker_transport(ranker: Ranker, seed: int):
     """An httpx transport answering POST /v1/rank with `ranker`'s order, as the ranking service would."""
     import httpx
 
@@ -107,7 +107,7 @@ def replay(dataset_dir, ranker: Ranker, sessions: int, seed: int = 0, k: int = 1
     """The world's shoppers against `ranker`: per query, searches and clicks / add-to-carts in the top k."""
     import httpx
 
-    with httpx.Client(transport=_transport(ranker, seed), base_url="http://ranker") as client:
+    with httpx.Client(transport=ranker_transport(ranker, seed), base_url="http://ranker") as client:
         log = replay_shoppers("http://ranker", dataset_dir, sessions, EPOCH, seed=seed, client=client, depth=k)
     if log.failures:
         raise CounterfactualError(f"replay: {len(log.failures)} request(s) failed, e.g. {log.failures[0]}.")
@@ -160,5 +160,5 @@ def traffic_weighted_difference(new: pd.DataFrame, old: pd.DataFrame, searches: 
     return out
 
 
-__all__ = ["ScoredRanker", "WorldLoggingRanker", "expected", "fit_content_ranker", "replay",
+__all__ = ["ScoredRanker", "WorldLoggingRanker", "expected", "fit_content_ranker", "ranker_transport", "replay",
            "traffic_weighted_difference"]

@@ -13,6 +13,9 @@
 - Bounds before work (ltr/serving/limits.py): body size 413, requests in progress 503; bad fields 422 naming
   the field (`loc`) and the fix (`msg`).
 - Served features go to parquet off the request path (ltr/serving/served_log.py), joinable by request id.
+- With a challenger (`challenger=models:/NAME@challenger`), a share of requests (`serving.interleave_share`,
+  chosen by request id) is answered by team-draft interleaving of champion and challenger (ltr/interleaving.py);
+  each result names the arm that placed it, and so does the served log. The challenger follows its own alias.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from pydantic_core import to_json
 from features.ondemand import OnDemandFeatures, family_of
 from ltr.data.dataset import read_table
 from ltr.data.schemas import PRODUCTS, query_id
+from ltr.interleaving import ARMS, in_share, request_seed, team_draft
 
 from .config import ServingConfig
 from .gate import FifoGate
@@ -54,6 +58,9 @@ class RankRequest(BaseModel):
     product_ids: list[str] = Field(..., description="candidate product ids to rank")
     top_k: int | None = Field(None, ge=1, description="return only the best k (default: all)")
     request_id: str | None = Field(None, max_length=200, description="caller's id; generated when absent")
+    explain: bool = Field(False, description="per result: the features as served and each one's exact "
+                          "contribution to the score (TreeSHAP), the phase and scorer, the content vs "
+                          "engagement share (ltr/serving/explain.py)")
 
 
 class RankedItem(BaseModel):
@@ -61,6 +68,11 @@ class RankedItem(BaseModel):
     score: float
     rank: int
     phase: int = Field(description="2: re-scored with the cross-encoder; 1: first phase only")
+    arm: Literal["champion", "challenger"] | None = Field(
+        None, description="interleaved requests: the model whose pick this result is (its score is that "
+        "model's); null otherwise")
+    explain: dict[str, Any] | None = Field(None, description="with explain=true: features, contributions, bias, "
+                                           "margin (= bias + contributions = score), scorer, groups, shares")
 
 
 class RankResponse(BaseModel):
@@ -76,6 +88,8 @@ class RankResponse(BaseModel):
     ce_scored: int = Field(description="of those, pairs scored before the deadline (cached ones included)")
     cold_route: str | None = Field(None, description="no candidate had any engagement: the model's cold scorer "
                                    "(e.g. 'feature:bienc_cos') ranked the request; null: the trees did")
+    interleaved: bool = Field(False, description="true: team-draft interleaving of champion and challenger")
+    challenger_version: str | None = Field(None, description="the challenger version of an interleaved request")
     took_ms: float
 
 
@@ -113,6 +127,8 @@ class ServiceState:
         self.gate = FifoGate(cfg.cpu_slots) if cfg.cpu_slots else None
         self.known = set(catalog["product_id"])
         self.watcher: ModelWatcher | None = None
+        self.challenger: LiveModel | None = None  # interleaved with the champion on a share of requests
+        self.challenger_watcher: ModelWatcher | None = None
         self.limits: RequestLimits | None = None
         self.metrics = ServiceMetrics(ce_cache=lambda: self.live.ondemand.ce_cache,  # the live model's, reloads too
                                       served_log=lambda: self.served_log, limits=lambda: self.limits)
@@ -124,16 +140,29 @@ class ServiceState:
         with self._swap_lock:
             old, self.live = self.live, new
             self.metrics.show_model(*_model_labels(new))
+        _close_later(old, grace_s)
+
+    def swap_challenger(self, new: LiveModel, grace_s: float = 5.0) -> None:
+        with self._swap_lock:
+            old, self.challenger = self.challenger, new
+        _close_later(old, grace_s)
+
+    def close(self) -> None:
+        for w in (self.watcher, self.challenger_watcher):
+            if w is not None:
+                w.stop()
+        self.live.close()
+        if self.challenger is not None:
+            self.challenger.close()
+        if self.served_log is not None:
+            self.served_log.close()
+
+
+def _close_later(old: LiveModel | None, grace_s: float) -> None:
+    if old is not None:
         timer = threading.Timer(grace_s, old.close)
         timer.daemon = True
         timer.start()
-
-    def close(self) -> None:
-        if self.watcher is not None:
-            self.watcher.stop()
-        self.live.close()
-        if self.served_log is not None:
-            self.served_log.close()
 
 
 def _model_labels(live: LiveModel) -> tuple[str, str]:
@@ -195,12 +224,54 @@ def request_problem(query: str, ids: list[str], state: ServiceState) -> tuple[st
     return None
 
 
-def _log_record(rid: str, q: str, ids: list[str], live: LiveModel, r: Ranked) -> dict[str, Any]:
+class Served:
+    """What a request answers: the order of its candidates, and per candidate the score and phase shown and,
+    when interleaved, the arm (0 champion, 1 challenger) that placed it."""
+
+    def __init__(self, r: Ranked, challenger: Ranked | None = None, seed: int = 0) -> None:
+        self.champion, self.challenger, self.interleaved = r, challenger, challenger is not None
+        if challenger is None:
+            self.order, self.scores, self.phase, self.arm = r.order, r.scores, r.phase, None
+            return
+        self.order, team = team_draft(r.order, challenger.order, seed)
+        self.arm = np.empty(len(team), np.int8)
+        self.arm[self.order] = team
+        pick = self.arm == 1
+        self.scores = np.where(pick, challenger.scores, r.scores)
+        self.phase = np.where(pick, challenger.phase, r.phase)
+
+    def arms(self) -> np.ndarray | None:
+        return None if self.arm is None else np.asarray(ARMS, dtype=object)[self.arm]
+
+    def explanations(self, live: LiveModel, challenger: LiveModel | None, rows: np.ndarray) -> list[dict[str, Any]]:
+        """For candidates `rows`, the explanation of the model whose score each shows."""
+        from .explain import explain
+
+        if self.arm is None:
+            return explain(live, self.champion, rows)
+        theirs = self.arm[rows] == 1
+        out: list[dict[str, Any]] = [{}] * len(rows)
+        for mask, lm, r in ((~theirs, live, self.champion), (theirs, challenger, self.challenger)):
+            for n, e in zip(np.flatnonzero(mask), explain(lm, r, rows[mask])):
+                out[n] = e
+        return out
+
+
+def _log_record(rid: str, q: str, ids: list[str], live: LiveModel, s: Served) -> dict[str, Any]:
+    """The champion's features and scores (the log's feature list is one model's), the positions shown."""
+    r = s.champion
     position = np.empty(len(ids), np.int32)
-    position[r.order] = np.arange(1, len(ids) + 1)
+    position[s.order] = np.arange(1, len(ids) + 1)
     return {"request_id": rid, "ts": datetime.now(UTC), "query": q, "query_id": query_id(q), "product_ids": ids,
             "features": live.model.features, "X": r.X, "scores": r.scores, "phase": r.phase, "position": position,
-            "model_version": live.version, "store": r.store, "cold_route": r.cold_route}
+            "model_version": live.version, "store": r.store, "cold_route": r.cold_route, "arm": s.arms()}
+
+
+def _rank_one(state: ServiceState, live: LiveModel, q: str, ids: list[str], started: float) -> Ranked:
+    with live.foreground():
+        docs = live.ondemand.positions(ids)
+        return rank_phases(live, q, ids, docs, state.cfg.rerank_k, started, state.cfg.ce_deadline_ms / 1000,
+                           state.gate)
 
 
 def _degraded_reasons(r: Ranked, live: LiveModel) -> list[str]:
@@ -224,25 +295,34 @@ def rank_request(state: ServiceState, req: RankRequest, started: float | None = 
         state.metrics.rejected()
         return _problem(*problem)
     rid = req.request_id or uuid.uuid4().hex
+    challenger = state.challenger  # once, as `live`
+    if challenger is not None and not in_share(rid, state.cfg.interleave_share):
+        challenger = None
     try:
-        with live.foreground():
-            docs = live.ondemand.positions(ids)
-            r = rank_phases(live, q, ids, docs, state.cfg.rerank_k, started, state.cfg.ce_deadline_ms / 1000,
-                            state.gate)
+        r = _rank_one(state, live, q, ids, started)
+        served = Served(r, None if challenger is None else _rank_one(state, challenger, q, ids, started),
+                        request_seed(rid))
     except Exception:
         state.metrics.failed()
         raise
-    top = r.order[: min(req.top_k or len(ids), len(ids))]
-    results = [{"product_id": ids[i], "score": s, "rank": n, "phase": ph}
-               for n, (i, s, ph) in enumerate(zip(top.tolist(), r.scores[top].tolist(), r.phase[top].tolist()), 1)]
+    top = served.order[: min(req.top_k or len(ids), len(ids))]
+    arms = served.arms()
+    results = [{"product_id": ids[i], "score": s, "rank": n, "phase": ph, "arm": None if arms is None else arms[i]}
+               for n, (i, s, ph) in enumerate(zip(top.tolist(), served.scores[top].tolist(),
+                                                  served.phase[top].tolist()), 1)]
+    if req.explain:  # the results returned, not every candidate: TreeSHAP is the costly part
+        for item, why in zip(results, served.explanations(live, challenger, top)):
+            item["explain"] = why
     reasons = _degraded_reasons(r, live)
     if state.served_log is not None:
-        state.served_log.put(_log_record(rid, q, ids, live, r))
+        state.served_log.put(_log_record(rid, q, ids, live, served))
     took = time.monotonic() - started
     state.metrics.served(took, len(ids), r.ce_scored, r.ce_wanted, r.store == "error", bool(reasons))
     return {"request_id": rid, "query_id": query_id(q), "model_version": live.version, "results": results,
             "n_candidates": len(ids), "store": r.store, "degraded": bool(reasons), "degraded_reasons": reasons,
             "ce_wanted": r.ce_wanted, "ce_scored": r.ce_scored, "cold_route": r.cold_route,
+            "interleaved": served.interleaved,
+            "challenger_version": challenger.version if challenger is not None else None,
             "took_ms": round(took * 1000, 3)}
 
 
@@ -267,6 +347,14 @@ def _public_model(live: LiveModel) -> dict[str, Any]:
     return d
 
 
+def _challenger_health(state: ServiceState) -> dict[str, Any] | None:
+    ch, watcher = state.challenger, state.challenger_watcher
+    if ch is None:
+        return None
+    return {"model": _public_model(ch), "interleave_share": state.cfg.interleave_share,
+            "reload": watcher.status() if watcher is not None else {"follows": None}}
+
+
 def health_report(state: ServiceState) -> dict[str, Any]:
     """GET /health: the live version, where each feature comes from, and why the service is 'degraded' when
     it is (still serving: from request-time features, or the old model version). No server paths."""
@@ -279,7 +367,8 @@ def health_report(state: ServiceState) -> dict[str, Any]:
     a, cache = live.assembler, live.ondemand.ce_cache
     log = state.served_log
     return {"status": "degraded" if reasons else "ok", "reasons": reasons, "model": _public_model(live),
-            "reload": reload, "features": a.features, "feature_sources": a.sources, "missing_features": a.missing,
+            "challenger": _challenger_health(state), "reload": reload, "features": a.features,
+            "feature_sources": a.sources, "missing_features": a.missing,
             "store": st, "n_products": len(state.known), "limits": state.cfg.model_dump(exclude={"log"}),
             "ce_cache": {"size": len(cache), "hits": cache.hits, "misses": cache.misses},
             "row_cache": {"size": len(a.row_cache), "hits": a.row_cache.hits, "misses": a.row_cache.misses},
@@ -340,7 +429,7 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
                on_missing: Literal["error", "nan"] = "error", ce_cache_size: int = 100_000,
                warm: bool = True, precompute_embeddings: bool = True,
                embedding_cache: str | Path | None = "default",
-               serving: ServingConfig | dict | None = None) -> FastAPI:
+               serving: ServingConfig | dict | None = None, challenger: str | None = None) -> FastAPI:
     """Build the ranking service.
 
     model_uri: 'models:/NAME@champion' (or any URI ltr.tracking.load_model takes; an alias is followed, see
@@ -353,7 +442,9 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
     bi-encoder embedding in memory before the port opens, read from `embedding_cache` ('default': the
     machine's, where the offline build stored them; None: no disk cache) and computed only where absent, so
     a new query embeds only itself. serving: bounds, phases and reload (ltr.serving.config.ServingConfig);
-    max_candidates overrides serving.max_candidates.
+    max_candidates overrides serving.max_candidates. challenger: a second model URI (e.g.
+    'models:/NAME@challenger', followed like the champion) interleaved with it on `serving.interleave_share`
+    of the requests; it must be servable from the same catalog, store and bi-encoder.
     """
     cfg = _serving_config(serving, max_candidates)
     fdir = _checked_features_dir(features_dir)
@@ -384,6 +475,17 @@ def create_app(model_uri: str, features_dir: str | Path | None = None,
         return build_live(new, scorer_for(new), store, cfg, on_missing, warm)
 
     state.watcher = ModelWatcher(lm, load_version, state.swap, cfg.reload_poll_s)
+    if challenger is not None:
+        def load_challenger() -> LiveModel:
+            new = load_ranker(challenger, cross_encoder=None, tracking_uri=tracking_uri)
+            check_bi_encoder(new, bi_encoder)
+            if precompute_embeddings and "bienc_cos" in new.features and bi_encoder is not None:
+                base.precompute_product_embeddings(progress=False)  # a no-op when the champion did it
+            return build_live(new, scorer_for(new), store, cfg, on_missing, warm)
+
+        state.challenger = load_challenger()
+        state.challenger_watcher = ModelWatcher(state.challenger.model, load_challenger, state.swap_challenger,
+                                                cfg.reload_poll_s)
     return build_app(state)
 
 

@@ -55,6 +55,9 @@ class ServingConfig(StrictConfig):
     ce_max_jobs: int = Field(32, ge=1)
     #: seconds between registry checks of the model alias (0: never reload)
     reload_poll_s: float = Field(30.0, ge=0)
+    #: with a challenger (`ltr serve --challenger`): the share of requests answered by team-draft interleaving
+    #: of champion and challenger, chosen by request id (ltr/interleaving.py); the rest get the champion alone
+    interleave_share: float = Field(0.5, ge=0, le=1)
     log: ServedLogConfig = Field(default_factory=ServedLogConfig)
 
 

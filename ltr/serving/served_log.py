@@ -4,7 +4,8 @@ A request only puts one record on a bounded queue (microseconds; when the queue 
 dropped and counted, the request never waits). One background thread turns records into rows in the
 training frame's shape, one row per (request, candidate): `request_id, event_timestamp, query_id, query,
 product_id, position, score, phase, model_version, store, cold_route` (the cold scorer that ranked the
-request, null when the trees did) and then the model's features as float columns,
+request, null when the trees did), `arm` (interleaved requests: champion or challenger, the model that placed
+the candidate; the features and score are the champion's) and then the model's features as float columns,
 and writes them as parquet parts, each closed after `part_records` requests or `part_seconds`, whichever
 comes first (written to a temporary name and renamed: a crash never leaves half a file). A part holds one
 model version's feature list; a reload to a model with other features starts a new part.
@@ -130,13 +131,20 @@ def records_table(records: list[dict[str, Any]]) -> pa.Table:
             "score": pa.array(np.concatenate([r["scores"] for r in records]).astype(np.float64)),
             "phase": pa.array(np.concatenate([r["phase"] for r in records]).astype(np.int8)),
             "model_version": per_request("model_version"), "store": per_request("store"),
-            "cold_route": per_request("cold_route")}
+            "cold_route": per_request("cold_route"), "arm": _arms(records)}
     # one contiguous row per feature, each request's block transposed as it is copied in: a transpose of the
     # whole (rows, features) matrix afterwards took 60-220 ms of the writer thread a part, against ~40 ms
     Xt = np.empty((len(feats), len(which)), np.float32)
     np.concatenate([r["X"].T for r in records], axis=1, out=Xt, casting="same_kind")
     cols.update({f: pa.array(Xt[j]) for j, f in enumerate(feats)})
     return pa.table(cols)
+
+
+def _arms(records: list[dict[str, Any]]) -> pa.DictionaryArray:
+    """Per row, the interleaving arm that placed the candidate (null for a request that was not interleaved)."""
+    codes = np.concatenate([np.full(len(r["product_ids"]), -1, np.int32) if r.get("arm") is None
+                            else (np.asarray(r["arm"]) == "challenger").astype(np.int32) for r in records])
+    return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), pa.array(["champion", "challenger"]))
 
 
 def _plain(frame: pd.DataFrame) -> pd.DataFrame:
@@ -152,7 +160,7 @@ def read_served_log(log_dir: str | Path) -> pd.DataFrame:
     parts = sorted(Path(log_dir).rglob("served-*.parquet"))
     if not parts:
         return pd.DataFrame(columns=["request_id", "event_timestamp", "query_id", "query", "product_id",
-                                     "position", "score", "phase", "model_version", "store", "cold_route"])
+                                     "position", "score", "phase", "model_version", "store", "cold_route", "arm"])
     return pd.concat([_plain(pd.read_parquet(p)) for p in parts], ignore_index=True)
 
 

@@ -53,7 +53,7 @@ def freeze_startup_objects() -> None:
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8000, features_dir: str | Path | None = None,
           products: pd.DataFrame | str | Path | None = None, log_level: str = "info",
-          run_dir: str | Path | None = None, **app_kwargs: Any) -> None:
+          run_dir: str | Path | None = None, workbench_token: str | None = None, **app_kwargs: Any) -> None:
     """Build the app (model, store, catalog, encoders: all loaded before the port opens) and serve it.
 
     One worker process: the model and the cross-encoder cache live in it; scale out with more replicas
@@ -77,6 +77,8 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 8000, features_di
         for k, v in rd.items():
             app_kwargs.setdefault(k, v)
     app = create_app(model_uri, features_dir, products, **app_kwargs)
+    from .workbench import mount_workbench
+    mount_workbench(app, app.state.service, run_dir=run_dir, token=workbench_token)
     one_torch_thread_unless_torch_scores(app.state.service.live)
     freeze_startup_objects()
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1, timeout_graceful_shutdown=10)

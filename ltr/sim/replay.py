@@ -95,14 +95,21 @@ def _iso(ts: pd.Timestamp) -> str:
 
 
 def _ubi_docs(log: ReplayLog, rid: str, text: str, ts: pd.Timestamp, shown: pd.DataFrame, session: str,
-              version: str | None) -> None:
-    """The search's ubi_queries document and its impression and outcome events."""
+              body: dict[str, Any]) -> None:
+    """The search's ubi_queries document and its impression and outcome events. An interleaved response's
+    arms go where a front end would put them: `event_attributes.interleaving.arm` of each impression."""
     common = {"application": "ltr-replay", "query_id": rid, "client_id": session, "user_query": text}
+    qattrs = {"model_version": body["model_version"]}
+    if body.get("interleaved"):
+        qattrs.update(interleaved=True, challenger_version=body.get("challenger_version"))
     log.queries.append({**common, "timestamp": _iso(ts), "query_response_hit_ids": list(shown["product_id"]),
-                        "query_attributes": {"model_version": version}})
+                        "query_attributes": qattrs})
+    arms = {x["product_id"]: x.get("arm") for x in body["results"]}
     for r in shown.itertuples():
         attrs = {"object": {"object_id": r.product_id, "object_id_field": "product_id"},
                  "position": {"ordinal": int(r.position) - 1}}
+        if arms.get(r.product_id) is not None:
+            attrs["interleaving"] = {"arm": arms[r.product_id]}
         base = {**common, "session_id": session, "event_attributes": attrs}
         log.events.append({"action_name": "impression", "timestamp": _iso(ts), **base})
         for col, action, delay_s in OUTCOMES:
@@ -113,7 +120,7 @@ def _ubi_docs(log: ReplayLog, rid: str, text: str, ts: pd.Timestamp, shown: pd.D
 
 def replay_shoppers(url: str, dataset_dir: str | Path, sessions: int, start: pd.Timestamp, *, hours: float = 24.0,
                     depth: int = 10, seed: int = 0, click_model: ClickModel | None = None,
-                    client: Any = None, timeout_s: float = 60.0) -> ReplayLog:
+                    client: Any = None, timeout_s: float = 60.0, request_ids: str | None = None) -> ReplayLog:
     """Send `sessions` searches of the dataset's queries to the service at `url`, one after another, and
     return the UBI log of what the simulated shoppers saw and did.
 
@@ -121,7 +128,8 @@ def replay_shoppers(url: str, dataset_dir: str | Path, sessions: int, start: pd.
     click_model: default the world's own (its config's `click_model` overrides). client: an httpx.Client
     to reuse (default: one opened here). A request that does not return 200 is recorded in `failures`
     (its shopper saw nothing) and the replay goes on. Same seed and same rankings -> the same sessions, positions
-    and outcomes (the request ids are the service's).
+    and outcomes. request_ids: None -> the service makes the ids; a prefix -> the searches send PREFIX000000,
+    PREFIX000001, ... (a front end's own ids; what an interleaved draft is seeded by, so a replay repeats it).
     """
     import httpx
 
@@ -139,8 +147,10 @@ def replay_shoppers(url: str, dataset_dir: str | Path, sessions: int, start: pd.
     try:
         for n, s in enumerate(plan.itertuples()):
             cand = by_query[s.query_id]
-            r = client.post(f"{url.rstrip('/')}/v1/rank", json={"query": text[s.query_id],
-                                                               "product_ids": list(cand.index)})
+            req = {"query": text[s.query_id], "product_ids": list(cand.index)}
+            if request_ids is not None:
+                req["request_id"] = f"{request_ids}{n:06d}"
+            r = client.post(f"{url.rstrip('/')}/v1/rank", json=req)
             if r.status_code != 200:
                 log.failures.append(f"{r.status_code} {r.text[:200]}")
                 continue
@@ -151,8 +161,7 @@ def replay_shoppers(url: str, dataset_dir: str | Path, sessions: int, start: pd.
             shown = cm.simulate(shown, rng)
             log.responses.append({"request_id": body["request_id"], "query_id": s.query_id,
                                   "model_version": body["model_version"], "shown": ids})
-            _ubi_docs(log, body["request_id"], text[s.query_id], s.ts, shown, f"s{seed}-{n:06d}",
-                      body["model_version"])
+            _ubi_docs(log, body["request_id"], text[s.query_id], s.ts, shown, f"s{seed}-{n:06d}", body)
     finally:
         if own:
             client.close()
