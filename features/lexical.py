@@ -3,8 +3,9 @@
 These are the cheap, explainable signals a cross-encoder should add to rather than replace: BM25 of
 the query against title / bullets / description (bm25s, IDF over the catalog), the share of query
 terms a product mentions, and exact/partial matches of brand, color, product type (last category
-segment) and numbers with units ("32 oz", "10 inch"). A value is NaN when it is undefined (no brand
-on the product, no number in the query), never a made-up 0.
+segment) and numbers with units ("32 oz", "10 inch"), and title matches that forgive typos, cut and glued
+words (features/title_match.py). A value is NaN when it is undefined (no brand on the product, no number
+in the query), never a made-up 0.
 """
 from __future__ import annotations
 
@@ -21,8 +22,12 @@ from ltr.data.plurals import fold_plural
 from ltr.data.schemas import normalize_query
 
 from .names import LEXICAL
+from .title_match import TITLE_MATCH, TitleMatcher
 
 LEXICAL_FEATURES = LEXICAL  # declared in features/names.py
+_N_TITLE = len(TITLE_MATCH)  # the last columns: TitleMatcher's, in its order
+if LEXICAL_FEATURES[-_N_TITLE:] != tuple(f"lex_{n}" for n in TITLE_MATCH):  # pragma: no cover - a declaration bug
+    raise ImportError("features/names.py LEXICAL must end with lex_ + features/title_match.py TITLE_MATCH")
 
 STOPWORDS = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is",
                        "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were", "will", "with",
@@ -179,6 +184,7 @@ class LexicalIndex:
         self.p_type = [product_type(c) for c in cats]
         # brand, color and type of each product, tokenised and folded once for every query to come
         self.p_attrs = [tuple(_folded_tokens(v) for v in vals) for vals in zip(brands, colors, self.p_type)]
+        self.title_match = TitleMatcher(titles, _folded_tokens, content_terms)
 
     def features(self, query: str, docs: np.ndarray) -> np.ndarray:
         """(len(docs), len(LEXICAL_FEATURES)) for one query against catalog row positions `docs`."""
@@ -189,10 +195,11 @@ class LexicalIndex:
         qt = [fold_plural(t) for t in q_tokens]
         qs, folded_terms = set(qt), [fold_plural(t) for t in q_terms]
         out = np.full((len(docs), len(LEXICAL_FEATURES)), np.nan)
+        out[:, -_N_TITLE:] = self.title_match.features(query, docs)
         for j, d in enumerate(docs):
             (be, bp), (ce, cp), (te, tp) = (_folded_match(qt, qs, vt) for vt in self.p_attrs[d])
             nm, nc = _num_features(q_nu, self.p_nu[d])
-            out[j] = (
+            out[j, :-_N_TITLE] = (
                 bm["title"][j], np.nan if self.idx["bullets"].empty[d] else bm["bullets"][j],
                 np.nan if self.idx["desc"].empty[d] else bm["desc"][j],
                 _coverage(folded_terms, self.p_title_terms[d]), _coverage(folded_terms, self.p_all_terms[d]),

@@ -12,10 +12,21 @@ from collections.abc import Iterable, Sequence
 
 LEXICAL = ("lex_bm25_title", "lex_bm25_bullets", "lex_bm25_desc", "lex_cov_title", "lex_cov_all", "lex_query_len",
            "lex_brand_exact", "lex_brand_partial", "lex_color_exact", "lex_color_partial", "lex_type_exact",
-           "lex_type_partial", "lex_num_match", "lex_num_conflict")
+           "lex_type_partial", "lex_num_match", "lex_num_conflict",
+           # title matches that forgive typos, cut and glued words (features/title_match.py TITLE_MATCH)
+           "lex_char_cos", "lex_word_cos", "lex_idf_cov", "lex_fuzzy_sim", "lex_fuzzy_cov", "lex_fuzzy_min",
+           "lex_head_sim", "lex_bigram", "lex_glued")
 CONTENT = ("ce_score", "bienc_cos")
 PRODUCT = ("prod_price", "prod_log_price", "prod_rating", "prod_log_rating_count", "prod_title_len",
            "prod_bullets_len", "prod_desc_len", "prod_category_depth", "prod_has_brand")
+#: the direction a feature moves relevance, where it is not in doubt: more similarity, coverage or match never
+#: makes a product less relevant; a conflicting number (a 16 oz bottle for "32 oz") never makes it more. A
+#: ranker with `monotone: true` (ltr.rankers) holds its score to these directions; undeclared features are free.
+MONOTONE: dict[str, int] = {
+    **{f: 1 for f in ("ce_score", "bienc_cos")},
+    **{f: 1 for f in LEXICAL if f not in ("lex_query_len", "lex_num_conflict")},
+    "lex_num_conflict": -1,
+}
 #: per window w: counts, smoothed rates and position-debiased CTR (coec), named <prefix>_<metric>_<w>d
 ENGAGEMENT_METRICS = ("impr", "clicks", "atc", "purch", "ctr", "atc_rate", "purch_rate", "coec")
 ENGAGEMENT_PREFIX = {"engagement_qp": "eng_qp", "engagement_product": "eng_p"}

@@ -104,7 +104,7 @@ class DaskXGBLambdaMART(XGBLambdaMART):
                  lambdarank_pair_method: str = "topk", lambdarank_num_pair_per_sample: int | None = None,
                  n_jobs: int | None = None, random_state: int = 0, tree_method: str = "hist",
                  scheduler_address: str | None = None, npartitions: int | None = None,
-                 partitions_per_worker: int = 2):
+                 partitions_per_worker: int = 2, monotone: bool = False):
         super().__init__(n_estimators=n_estimators, learning_rate=learning_rate, max_depth=max_depth,
                          min_child_weight=min_child_weight, subsample=subsample,
                          colsample_bytree=colsample_bytree, reg_lambda=reg_lambda, max_bin=max_bin,
@@ -112,13 +112,13 @@ class DaskXGBLambdaMART(XGBLambdaMART):
                          early_stopping_rounds=early_stopping_rounds, validation_fraction=validation_fraction,
                          lambdarank_pair_method=lambdarank_pair_method,
                          lambdarank_num_pair_per_sample=lambdarank_num_pair_per_sample, n_jobs=n_jobs,
-                         random_state=random_state, tree_method=tree_method)
+                         random_state=random_state, tree_method=tree_method, monotone=monotone)
         self.scheduler_address = scheduler_address
         self.npartitions = npartitions
         self.partitions_per_worker = partitions_per_worker
 
-    def _xgb_params(self, with_es: bool) -> dict:
-        p = super()._xgb_params(with_es)
+    def _xgb_params(self, with_es: bool, feature_names: Sequence[str] = ()) -> dict:
+        p = super()._xgb_params(with_es, feature_names)
         if self.n_jobs is None:
             p.pop("n_jobs")
         return p
@@ -160,7 +160,7 @@ class DaskXGBLambdaMART(XGBLambdaMART):
                 raise RankerError("ndcg_exp_gain=True needs integer labels 0..31. Fix: set ndcg_exp_gain=False "
                                   "for continuous labels, or bucket them (target.label_mode='bucket').")
         with_es = val is not None and bool(self.early_stopping_rounds)
-        model = dxgb.DaskXGBRanker(**self._xgb_params(with_es), allow_group_split=True)
+        model = dxgb.DaskXGBRanker(**self._xgb_params(with_es, feats), allow_group_split=True)
         model.client = client
         kw = {}
         if val is not None:

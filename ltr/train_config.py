@@ -68,6 +68,9 @@ class ModelConfig(StrictConfig):
                                        "for early stopping")
     eval_at: int = Field(10, ge=1)
     n_jobs: int = Field(2, ge=1)
+    monotone: bool = Field(False, description="hold the score to the directions features/names.py MONOTONE "
+                           "declares (similarity and coverage only ever help); on Home Depot it is what lets "
+                           "the trees beat the bi-encoder (docs/homedepot.md)")
 
 
 class TrainConfig(StrictConfig):

@@ -112,3 +112,28 @@ def test_same_seed_same_metrics(frame):
         assert b.metrics[k] == pytest.approx(v, abs=1e-6, nan_ok=True)
     c = train_and_evaluate(frame, cfg.model_copy(update={"seed": 1}))
     assert set(c.test_frame["query_id"]) != set(a.test_frame["query_id"])  # seed moves the split
+
+
+@pytest.mark.parametrize("kind", ["xgboost", "lightgbm"])
+def test_monotone_holds_declared_directions(kind):
+    """Labels that dip in the middle of bienc_cos: free trees learn the dip, monotone ones cannot, and an
+    undeclared feature (prod_price) stays free either way."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n_q, per = 120, 10
+    cos = rng.random(n_q * per)
+    price = rng.random(n_q * per)
+    grade = np.where((cos > 0.4) & (cos < 0.6), 0, np.rint(3 * cos)) + np.rint(2 * price)
+    X = pd.DataFrame({"bienc_cos": cos, "prod_price": price})
+    qid = np.repeat(np.arange(n_q), per)
+    grid = pd.DataFrame({"bienc_cos": np.linspace(0, 1, 101), "prod_price": 0.5})
+    params = {"n_estimators": 60, "early_stopping_rounds": None, "n_jobs": 1, "max_depth": 4}
+    free = make_ranker(kind, **params).fit(X, grade.astype(float), qid).predict(grid)
+    held = make_ranker(kind, monotone=True, **params).fit(X, grade.astype(float), qid).predict(grid)
+    assert (np.diff(free) < -1e-6).any(), "the free trees should learn the dip (else this test proves nothing)"
+    assert (np.diff(held) >= -1e-6).all()
+    rising_price = pd.DataFrame({"bienc_cos": 0.5, "prod_price": np.linspace(0, 1, 101)})
+    m = make_ranker(kind, monotone=True, **params).fit(X, grade.astype(float), qid)
+    assert m.get_params()["monotone"] is True
+    assert np.ptp(m.predict(rising_price)) > 0  # the undeclared feature is used, unconstrained
