@@ -17,7 +17,8 @@ the grades it learnt from (the raters' grades with a share replaced by draws fro
 quadratic kappa against the raters measured on the seed pairs).
 
 What a curve point re-fits, and what it keeps: the grader's small ordinal model on the point's seed, then
-the trees on its labels at the run's operating point (reports/champion_config.json). Its features are the
+the trees on its labels at the run's operating point (reports/champion_config.json; the content-only trees
+when the run's cold route chose them, as it scores cold queries). Its features are the
 run's without `ce_score`: the cross-encoder was fine-tuned on the run's own labels, and fine-tuning one per
 point does not fit a CPU budget. The `trees without ce_score` rows at the run's own pilot give the point the
 curves start from, beside the champion with its cross-encoder.
@@ -102,6 +103,12 @@ class Study:
         if set(self.test["query_id"]) != run_test_queries(self.cfg, self.ds):
             raise SystemExit("the frame's test split is not the run's. Fix: pass the run's own --config.")
         self.champion_cfg = TrainConfig.model_validate_json((run_dir / "reports" / "champion_config.json").read_text())
+        # how the champion scores a cold query: its trees, or (the route's choice) its content-only trees
+        route = json.loads((run_dir / "reports" / "summary.json").read_text()).get("cold_start", {}).get("cold_route")
+        self.route = (route or {}).get("choice", "champion")
+        if self.route == "content_only":
+            from ltr.train import content_only_config
+            self.champion_cfg = content_only_config(self.champion_cfg)
         self.scores = pd.read_parquet(run_dir / "reports" / "test_scores.parquet")
         self.labels = pd.read_parquet(run_dir / "labels" / "labels.parquet", columns=["query_id", "product_id",
                                                                                      "score"])
@@ -130,7 +137,9 @@ class Study:
         return model.predict_proba(x) @ np.arange(N_GRADES) / (N_GRADES - 1)
 
     def trees(self, content: np.ndarray, with_ce: bool) -> np.ndarray:
-        """Cold scores of the test pairs by the champion's recipe trained on `content` labels."""
+        """Cold scores of the test pairs by the champion's recipe trained on `content` labels: the trees that
+        score its cold queries (the content-only ones where its cold route chose them; a route through a
+        blend or a single feature is not refit here, the trees stand in for it)."""
         from ltr.train import fit_ranker, mask_engagement
         cfg = self.champion_cfg
         if not with_ce:
@@ -249,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
               "dataset": str(st.ds.root), "run_dir": str(a.run_dir),
               "n_test_queries": int(st.test["query_id"].nunique()),
               "n_train_queries": int(st.train["query_id"].nunique()), "pilot_queries": len(st.seed_queries),
-              "split_seed": st.cfg.seed, "metric": "NDCG@10, ESCI gains, cold (engagement absent)",
+              "split_seed": st.cfg.seed, "cold_route": st.route,
+              "metric": "NDCG@10, ESCI gains, cold (engagement absent)",
               "engagement": "simulated (no logs come with the catalog)"}
     result["arms"] = arms(st, None if a.no_engagement_ce else a.run_dir)
     for r in result["arms"]:

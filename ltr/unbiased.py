@@ -95,12 +95,12 @@ class UnbiasedLambdaMART(XGBLambdaMART):
                  reg_lambda: float = 1.0, max_bin: int = 256, eval_at: int = 10,
                  early_stopping_rounds: int | None = 30, validation_fraction: float = 0.2, n_jobs: int = 2,
                  random_state: int = 0, max_position: int = 10, lambdarank_unbiased: bool = True,
-                 lambdarank_bias_norm: float = 1.0):
+                 lambdarank_bias_norm: float = 1.0, monotone: bool = False):
         super().__init__(n_estimators=n_estimators, learning_rate=learning_rate, max_depth=max_depth,
                          min_child_weight=min_child_weight, subsample=subsample, colsample_bytree=colsample_bytree,
                          reg_lambda=reg_lambda, max_bin=max_bin, eval_at=eval_at,
                          early_stopping_rounds=early_stopping_rounds, validation_fraction=validation_fraction,
-                         n_jobs=n_jobs, random_state=random_state)
+                         n_jobs=n_jobs, random_state=random_state, monotone=monotone)
         self.max_position = max_position
         self.lambdarank_unbiased = lambdarank_unbiased
         self.lambdarank_bias_norm = lambdarank_bias_norm
@@ -116,10 +116,10 @@ class UnbiasedLambdaMART(XGBLambdaMART):
             raise UnbiasedError(f"lambdarank_bias_norm={self.lambdarank_bias_norm!r}: must be a finite number >= 0. "
                                 "Fix: XGBoost's default is 1.0 (t+ is the loss ratio to the power 1/(1+norm)).")
 
-    def _xgb_params(self, with_es: bool) -> dict:
+    def _xgb_params(self, with_es: bool, feature_names: Sequence[str] = ()) -> dict:
         # top-k truncation = the log's depth: every pair of the shown page counts, and XGBoost tracks t+/t-
         # for exactly those positions (it sizes them by the truncation)
-        return super()._xgb_params(with_es) | {
+        return super()._xgb_params(with_es, feature_names) | {
             "lambdarank_pair_method": "topk", "lambdarank_num_pair_per_sample": int(self.max_position),
             "lambdarank_unbiased": bool(self.lambdarank_unbiased),
             "lambdarank_bias_norm": float(self.lambdarank_bias_norm)}
