@@ -20,6 +20,7 @@ A value is NaN when it is undefined (a query without content terms, an empty tit
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
@@ -49,10 +50,14 @@ def term_similarity(a: str, b: str) -> float:
 
 
 class TitleMatcher:
-    """Catalog-wide state for TITLE_MATCH: the two TF-IDF spaces and each title's folded words, built once.
+    """Catalog-wide state for TITLE_MATCH: the two TF-IDF spaces, the titles' word vocabulary with a trigram
+    index over it, and each title's words, built once.
 
     terms(text) -> the plural-folded word tokens; content(tokens) -> the query's content terms (the
     callers' own tokenizer and stopwords, so these features see the words BM25 sees).
+    Why the trigram index: a request scores ~100 new titles, and comparing each query term with every word of
+    every title in Python cost ~8 ms; one similarity per vocabulary word, by array arithmetic, costs well
+    under one and gives the same numbers as `term_similarity`.
     """
 
     def __init__(self, titles: Sequence[object], terms: Callable[[object], list[str]],
@@ -60,10 +65,21 @@ class TitleMatcher:
         self.terms, self.content = terms, content
         text = ["" if not isinstance(t, str) else t.lower() for t in titles]
         self.empty = np.array([not t.strip() for t in text])
-        self.t_tokens = [terms(t) for t in text]
-        self.t_sets = [set(t) for t in self.t_tokens]
-        self.t_glued = ["".join(t) for t in self.t_tokens]
-        self.t_bigrams = [set(zip(t, t[1:])) for t in self.t_tokens]
+        tokens = [terms(t) for t in text]
+        self.t_glued = ["".join(t) for t in tokens]
+        self.t_bigrams = [set(zip(t, t[1:])) for t in tokens]
+        self.vocab = sorted({u for t in tokens for u in t})
+        self.vid = {u: i for i, u in enumerate(self.vocab)}
+        ids = [np.array(sorted({self.vid[u] for u in t}), dtype=np.int64) for t in tokens]
+        self.t_ptr = np.concatenate([[0], np.cumsum([len(i) for i in ids])]).astype(np.int64)
+        self.t_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        grams = [_trigrams(u) for u in self.vocab]
+        self.n_grams = np.array([len(g) for g in grams], dtype=np.float64)
+        postings: dict[str, list[int]] = {}
+        for i, g in enumerate(grams):
+            for x in g:
+                postings.setdefault(x, []).append(i)
+        self.postings = {x: np.array(v, dtype=np.int64) for x, v in postings.items()}
         self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)
         self.word = TfidfVectorizer(analyzer=lambda s: terms(s), sublinear_tf=True, dtype=np.float32)
         fit_on = text if any(t.strip() for t in text) else ["_"]
@@ -72,28 +88,47 @@ class TitleMatcher:
         self.idf = dict(zip(self.word.get_feature_names_out(), self.word.idf_.astype(float)))
         self.max_idf = float(self.word.idf_.max())
 
+    def vocab_similarity(self, term: str) -> np.ndarray:
+        """`term_similarity(term, u)` for every vocabulary word u, as one array."""
+        g = _trigrams(term)
+        hits = [self.postings[x] for x in g if x in self.postings]
+        shared = np.bincount(np.concatenate(hits), minlength=len(self.vocab)) if hits else np.zeros(len(self.vocab))
+        sim = shared / (len(g) + self.n_grams - shared)
+        if len(term) >= 3:
+            lo = bisect_left(self.vocab, term)
+            sim[lo:bisect_left(self.vocab, term + "\U0010ffff", lo)] = 0.9   # words the term starts
+            for k in range(3, len(term)):                                     # words that start the term
+                if term[:k] in self.vid:
+                    sim[self.vid[term[:k]]] = 0.9
+        if term in self.vid:
+            sim[self.vid[term]] = 1.0
+        return sim
+
     def features(self, query: str, docs: np.ndarray) -> np.ndarray:
         """(len(docs), len(TITLE_MATCH)) for one query against catalog row positions `docs`."""
         q = str(query).lower()
         qt = self.content(self.terms(q))
+        docs = np.asarray(docs, dtype=np.int64)
         out = np.full((len(docs), len(TITLE_MATCH)), np.nan)
         if len(docs) == 0:
             return out
         out[:, 0] = (self.t_char[docs] @ self.char.transform([q]).T).toarray().ravel()
         out[:, 1] = (self.t_word[docs] @ self.word.transform([q]).T).toarray().ravel()
-        if qt:
+        n_words = self.t_ptr[docs + 1] - self.t_ptr[docs]
+        rows = np.flatnonzero(n_words > 0)
+        if qt and len(rows):
+            ids = np.concatenate([self.t_ids[self.t_ptr[d]:self.t_ptr[d + 1]] for d in docs[rows]])
+            starts = np.concatenate([[0], np.cumsum(n_words[rows])[:-1]])
+            best = np.maximum.reduceat(np.stack([self.vocab_similarity(t)[ids] for t in qt]), starts, axis=1)
+            exact = np.stack([np.maximum.reduceat(ids == self.vid.get(t, -1), starts) for t in qt])
             w = np.array([self.idf.get(t, self.max_idf) for t in qt])
-            q_glued = "".join(qt)
-            q_bigrams = list(zip(qt, qt[1:]))
-            for j, d in enumerate(docs):
-                ts = self.t_sets[d]
-                if not ts:
-                    continue
-                best = np.array([max(term_similarity(t, u) for u in ts) for t in qt])
-                out[j, 2:9] = (float(w[[t in ts for t in qt]].sum() / w.sum()), best.mean(),
-                               float((best >= FUZZY_HIT).mean()), best.min(), best[-1],
-                               np.mean([b in self.t_bigrams[d] for b in q_bigrams]) if q_bigrams else np.nan,
-                               float(q_glued in self.t_glued[d]))
+            out[rows, 2] = (exact * w[:, None]).sum(0) / w.sum()
+            out[rows, 3], out[rows, 4] = best.mean(0), (best >= FUZZY_HIT).mean(0)
+            out[rows, 5], out[rows, 6] = best.min(0), best[-1]
+            q_bigrams, q_glued = list(zip(qt, qt[1:])), "".join(qt)
+            for j, d in zip(rows, docs[rows]):
+                out[j, 7] = np.mean([b in self.t_bigrams[d] for b in q_bigrams]) if q_bigrams else np.nan
+                out[j, 8] = float(q_glued in self.t_glued[d])
         out[self.empty[docs], :] = np.nan
         return out
 

@@ -62,3 +62,15 @@ def test_undefined_values_are_nan(table):
     assert all(math.isnan(blank[f"lex_{n}"]) for n in TITLE_MATCH)
     vals = table[[f"lex_{n}" for n in TITLE_MATCH]].to_numpy()
     assert np.nanmin(vals) >= 0 and np.nanmax(vals) <= 1 + 1e-6
+
+
+def test_the_vocabulary_arithmetic_equals_the_pairwise_rule():
+    """TitleMatcher scores a term against the whole vocabulary at once; it must agree with term_similarity
+    word by word, typos, prefixes both ways and the exact word included."""
+    from features.lexical import _folded_tokens, content_terms
+    from features.title_match import TitleMatcher
+
+    m = TitleMatcher(TITLES + ["Toilets and Toilet Seats", "Mowers, Mow Blades"], _folded_tokens, content_terms)
+    for term in ("toliet", "toilet", "mow", "mowe", "mowers", "bowl", "zz", "deckover", "cordles"):
+        sims = m.vocab_similarity(term)
+        assert sims.tolist() == [term_similarity(term, u) for u in m.vocab], term
