@@ -186,6 +186,16 @@ def t_label_budget(d: Node) -> list[str]:
     return out
 
 
+def t_recipe_cv(d: Node) -> list[str]:
+    """Recipe variants out of fold over the training queries, each against the zero-shot bi-encoder."""
+    cols = ["NDCG@10", "NDCG@10 − bi-encoder", "95% CI", "CI excludes 0"]
+    out = [f"{num(d['n_train_queries'])} training queries, {d['folds']} folds by query (seed {d['fold_seed']}); "
+           f"{d['metric']}.", ""]
+    rows = [[r["arm"], num(r["ndcg@10"]), num(r["vs_bienc"]["diff"], signed=True), ci(r["vs_bienc"]),
+             "yes" if r["vs_bienc"].get("excludes_0") else "no"] for r in d["arms"]]
+    return out + table(["arm", *cols], rows)
+
+
 def t_world(d: Node) -> list[str]:
     rows = [[w["seed"], num(w["seconds"], 2), num(w["spearman_grade_ctr"], 3),
              num(w.get("queries_top_clicked_irrelevant"), 3), num(w.get("irrelevant_share_top10_by_ctr"), 3)]
@@ -459,6 +469,9 @@ BENCHES = [
                                      "--png docs/label_budget.png"), t_label_budget,
           "How many human labels, and how good, before the ranker beats what a shop already has.",
           "docs/label_budget.png"),
+    Bench("Home Depot recipe, cross-validated on training queries", "recipe_cv.json",
+          _cmd("bench_recipe_cv", "--run-dir runs/homedepot --config configs/homedepot.yaml"), t_recipe_cv,
+          "What each change to the recipe gives, chosen without the test split (docs/homedepot.md)."),
     Bench("World generation", "bench_world.json", _cmd("bench_world"), t_world,
           "Goal: the built-in world in well under 60 s; Spearman grade vs CTR in 0.3-0.6."),
     Bench("LambdaMART training", "bench_train.json", _cmd("bench_train"), t_train),
