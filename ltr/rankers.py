@@ -11,9 +11,9 @@ Scale-out: `ltr.dask_ranker.DaskXGBLambdaMART` (model kind `xgboost_dask`) is th
 `xgboost.dask.DaskXGBRanker` with each query group whole on one partition.
 
 `monotone=True` constrains the score to move with every feature whose direction the Feast repo declares
-(`features.names.MONOTONE`: more similarity or coverage never ranks a product lower). Trees on noisy
-graded labels otherwise learn wiggles in `bienc_cos` that break its order; on Home Depot's judged
-queries the constraint is what lets the trees beat the bi-encoder they start from (docs/homedepot.md).
+(`features.names.MONOTONE`: more similarity or coverage never ranks a product lower): trees on noisy
+graded labels can otherwise learn wiggles in `bienc_cos` that break its order. On Home Depot's judged
+queries it is within noise of free trees (docs/homedepot.md); it is a guard, not a source of gain.
 """
 from __future__ import annotations
 

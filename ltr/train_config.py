@@ -69,8 +69,8 @@ class ModelConfig(StrictConfig):
     eval_at: int = Field(10, ge=1)
     n_jobs: int = Field(2, ge=1)
     monotone: bool = Field(False, description="hold the score to the directions features/names.py MONOTONE "
-                           "declares (similarity and coverage only ever help); on Home Depot it is what lets "
-                           "the trees beat the bi-encoder (docs/homedepot.md)")
+                           "declares (similarity and coverage only ever help): a guard against trees that learn "
+                           "noise in the labels (docs/homedepot.md)")
 
 
 class TrainConfig(StrictConfig):
