@@ -21,13 +21,11 @@ from tqdm.auto import tqdm
 from ltr.data.plurals import fold_plural
 from ltr.data.schemas import normalize_query
 
-from .names import LEXICAL
-from .title_match import TITLE_MATCH, TitleMatcher
+from .names import LEXICAL, TITLE_MATCH
+from .title_match import TitleMatcher
 
 LEXICAL_FEATURES = LEXICAL  # declared in features/names.py
-_N_TITLE = len(TITLE_MATCH)  # the last columns: TitleMatcher's, in its order
-if LEXICAL_FEATURES[-_N_TITLE:] != tuple(f"lex_{n}" for n in TITLE_MATCH):  # pragma: no cover - a declaration bug
-    raise ImportError("features/names.py LEXICAL must end with lex_ + features/title_match.py TITLE_MATCH")
+_N_TITLE = len(TITLE_MATCH)  # LEXICAL's last columns (names.py builds them from TITLE_MATCH): TitleMatcher's
 
 STOPWORDS = frozenset(["a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "has", "have", "in", "is",
                        "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were", "will", "with",
@@ -177,14 +175,15 @@ class LexicalIndex:
         titles, bullets, descs = col("title"), col("bullet_points"), col("description")
         brands, colors, cats = col("brand"), col("color"), col("category")
         self.idx = {"title": _FieldIndex(titles), "bullets": _FieldIndex(bullets), "desc": _FieldIndex(descs)}
-        self.p_title_terms = [{fold_plural(t) for t in tokenize(x)} for x in titles]
+        title_tokens = [_folded_tokens(x) for x in titles]
+        self.p_title_terms = [set(t) for t in title_tokens]
         self.p_all_terms = [{fold_plural(t) for t in tokenize(" ".join(str(v) for v in vals if isinstance(v, str)))}
                             for vals in zip(titles, bullets, descs, brands, colors, cats)]
         self.p_nu = [number_units(t) | number_units(b) for t, b in zip(titles, bullets)]
         self.p_type = [product_type(c) for c in cats]
         # brand, color and type of each product, tokenised and folded once for every query to come
         self.p_attrs = [tuple(_folded_tokens(v) for v in vals) for vals in zip(brands, colors, self.p_type)]
-        self.title_match = TitleMatcher(titles, _folded_tokens, content_terms)
+        self.title_match = TitleMatcher(titles, title_tokens, _folded_tokens, content_terms)
 
     def features(self, query: str, docs: np.ndarray) -> np.ndarray:
         """(len(docs), len(LEXICAL_FEATURES)) for one query against catalog row positions `docs`."""

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+#: title matches that forgive typos, cut and glued words, in the order features/title_match.py computes them
+TITLE_MATCH = ("char_cos", "word_cos", "idf_cov", "fuzzy_sim", "fuzzy_cov", "fuzzy_min", "head_sim", "bigram",
+               "glued")
 LEXICAL = ("lex_bm25_title", "lex_bm25_bullets", "lex_bm25_desc", "lex_cov_title", "lex_cov_all", "lex_query_len",
            "lex_brand_exact", "lex_brand_partial", "lex_color_exact", "lex_color_partial", "lex_type_exact",
-           "lex_type_partial", "lex_num_match", "lex_num_conflict",
-           # title matches that forgive typos, cut and glued words (features/title_match.py TITLE_MATCH)
-           "lex_char_cos", "lex_word_cos", "lex_idf_cov", "lex_fuzzy_sim", "lex_fuzzy_cov", "lex_fuzzy_min",
-           "lex_head_sim", "lex_bigram", "lex_glued")
+           "lex_type_partial", "lex_num_match", "lex_num_conflict", *(f"lex_{n}" for n in TITLE_MATCH))
 CONTENT = ("ce_score", "bienc_cos")
 PRODUCT = ("prod_price", "prod_log_price", "prod_rating", "prod_log_rating_count", "prod_title_len",
            "prod_bullets_len", "prod_desc_len", "prod_category_depth", "prod_has_brand")

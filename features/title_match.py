@@ -27,8 +27,8 @@ from functools import lru_cache
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-TITLE_MATCH = ("char_cos", "word_cos", "idf_cov", "fuzzy_sim", "fuzzy_cov", "fuzzy_min", "head_sim", "bigram",
-               "glued")
+from .names import TITLE_MATCH  # declared once, beside the lexical view's other names
+
 #: a query term counts as covered (fuzzy_cov) at this similarity: a one-letter typo in a 5-letter word
 FUZZY_HIT = 0.6
 
@@ -49,23 +49,28 @@ def term_similarity(a: str, b: str) -> float:
     return len(ga & gb) / len(ga | gb)
 
 
+def _as_given(tokens: list[str]) -> list[str]:
+    return tokens
+
+
 class TitleMatcher:
     """Catalog-wide state for TITLE_MATCH: the two TF-IDF spaces, the titles' word vocabulary with a trigram
     index over it, and each title's words, built once.
 
-    terms(text) -> the plural-folded word tokens; content(tokens) -> the query's content terms (the
-    callers' own tokenizer and stopwords, so these features see the words BM25 sees).
+    title_tokens: each title's plural-folded words, as the caller tokenised them for its own features;
+    terms(text) -> the same tokens of a query; content(tokens) -> the query's content terms (the callers'
+    own tokenizer and stopwords, so these features see the words BM25 sees).
     Why the trigram index: a request scores ~100 new titles, and comparing each query term with every word of
     every title in Python cost ~8 ms; one similarity per vocabulary word, by array arithmetic, costs well
     under one and gives the same numbers as `term_similarity`.
     """
 
-    def __init__(self, titles: Sequence[object], terms: Callable[[object], list[str]],
-                 content: Callable[[list[str]], list[str]]) -> None:
+    def __init__(self, titles: Sequence[object], title_tokens: Sequence[list[str]],
+                 terms: Callable[[object], list[str]], content: Callable[[list[str]], list[str]]) -> None:
         self.terms, self.content = terms, content
         text = ["" if not isinstance(t, str) else t.lower() for t in titles]
         self.empty = np.array([not t.strip() for t in text])
-        tokens = [terms(t) for t in text]
+        tokens = list(title_tokens)
         self.t_glued = ["".join(t) for t in tokens]
         self.t_bigrams = [set(zip(t, t[1:])) for t in tokens]
         self.vocab = sorted({u for t in tokens for u in t})
@@ -81,10 +86,9 @@ class TitleMatcher:
                 postings.setdefault(x, []).append(i)
         self.postings = {x: np.array(v, dtype=np.int64) for x, v in postings.items()}
         self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)
-        self.word = TfidfVectorizer(analyzer=lambda s: terms(s), sublinear_tf=True, dtype=np.float32)
-        fit_on = text if any(t.strip() for t in text) else ["_"]
-        self.t_char = self.char.fit_transform(fit_on)
-        self.t_word = self.word.fit_transform(fit_on)
+        self.word = TfidfVectorizer(analyzer=_as_given, sublinear_tf=True, dtype=np.float32)  # tokens in, as given
+        self.t_char = self.char.fit_transform(text if any(t.strip() for t in text) else ["_"])
+        self.t_word = self.word.fit_transform(tokens if self.vocab else [["_"]])
         self.idf = dict(zip(self.word.get_feature_names_out(), self.word.idf_.astype(float)))
         self.max_idf = float(self.word.idf_.max())
 
@@ -107,13 +111,14 @@ class TitleMatcher:
     def features(self, query: str, docs: np.ndarray) -> np.ndarray:
         """(len(docs), len(TITLE_MATCH)) for one query against catalog row positions `docs`."""
         q = str(query).lower()
-        qt = self.content(self.terms(q))
+        q_tokens = self.terms(q)
+        qt = self.content(q_tokens)
         docs = np.asarray(docs, dtype=np.int64)
         out = np.full((len(docs), len(TITLE_MATCH)), np.nan)
         if len(docs) == 0:
             return out
         out[:, 0] = (self.t_char[docs] @ self.char.transform([q]).T).toarray().ravel()
-        out[:, 1] = (self.t_word[docs] @ self.word.transform([q]).T).toarray().ravel()
+        out[:, 1] = (self.t_word[docs] @ self.word.transform([q_tokens]).T).toarray().ravel()
         n_words = self.t_ptr[docs + 1] - self.t_ptr[docs]
         rows = np.flatnonzero(n_words > 0)
         if qt and len(rows):

@@ -192,8 +192,9 @@ class XGBLambdaMART(_RankerBase):
             p["lambdarank_num_pair_per_sample"] = npair
         if with_es:
             p["early_stopping_rounds"] = self.early_stopping_rounds
-        if self.monotone and any(monotone_constraints(feature_names)):
-            p["monotone_constraints"] = "(" + ",".join(map(str, monotone_constraints(feature_names))) + ")"
+        directions = monotone_constraints(feature_names) if self.monotone else ()
+        if any(directions):
+            p["monotone_constraints"] = "(" + ",".join(map(str, directions)) + ")"
         return p
 
     def fit(self, X, y, qid, eval_set=None, feature_names: Sequence[str] | None = None,

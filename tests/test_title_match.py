@@ -70,7 +70,8 @@ def test_the_vocabulary_arithmetic_equals_the_pairwise_rule():
     from features.lexical import _folded_tokens, content_terms
     from features.title_match import TitleMatcher
 
-    m = TitleMatcher(TITLES + ["Toilets and Toilet Seats", "Mowers, Mow Blades"], _folded_tokens, content_terms)
+    titles = TITLES + ["Toilets and Toilet Seats", "Mowers, Mow Blades"]
+    m = TitleMatcher(titles, [_folded_tokens(t) for t in titles], _folded_tokens, content_terms)
     for term in ("toliet", "toilet", "mow", "mowe", "mowers", "bowl", "zz", "deckover", "cordles"):
         sims = m.vocab_similarity(term)
         assert sims.tolist() == [term_similarity(term, u) for u in m.vocab], term
